@@ -1,0 +1,303 @@
+//! The host ⇄ guest wire protocol: message types, framing and the protocol version.
+//!
+//! This crate is the one place both sides agree. It owns the shape of every message that
+//! crosses the virtio-serial channel and the byte framing around them. It must not know
+//! about QEMU, processes, files or sockets: it turns messages into bytes and bytes into
+//! messages, nothing more, so that the guest agent and the host library can both link it
+//! and the decoder can be fuzzed on its own.
+//!
+//! A frame is a 4-byte little-endian body length followed by a `postcard`-encoded body.
+//!
+//! ```
+//! use protocol::{encode, FrameDecoder, GuestMessage, Stream};
+//!
+//! let bytes = encode(&GuestMessage::Output { stream: Stream::Stdout, data: b"hi\n".to_vec() })?;
+//! let mut decoder = FrameDecoder::new();
+//! decoder.push(&bytes);
+//! let msg: GuestMessage = decoder.next_frame()?.expect("one whole frame");
+//! assert_eq!(msg, GuestMessage::Output { stream: Stream::Stdout, data: b"hi\n".to_vec() });
+//! # Ok::<(), protocol::FrameError>(())
+//! ```
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Bumped whenever a message changes shape. The agent reports it in [`GuestMessage::Ready`];
+/// the host refuses an agent that speaks another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest body a frame may carry. Code is capped at 1 MiB and output chunks at
+/// [`MAX_CHUNK`], so anything larger is corruption, not data.
+pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
+
+/// Output is sent in chunks of at most this many bytes.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// Name of the virtio-serial port the agent talks on (`/sys/class/virtio-ports/*/name`).
+pub const AGENT_PORT_NAME: &str = "org.exec-sandbox.agent";
+
+/// Kernel command-line flag that makes the guest init power off at once, without mounting
+/// anything or starting the agent. Used by the accelerator probe and the boot-floor benchmark.
+pub const PROBE_CMDLINE_FLAG: &str = "sbx.probe=1";
+
+/// Line the init writes to the serial console in probe mode just before powering off.
+pub const PROBE_MARKER: &str = "SBX-PROBE-OK";
+
+/// The languages the guest can run.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Language {
+    /// Python 3 (`python3`).
+    Python,
+    /// JavaScript or TypeScript, run by Bun.
+    Javascript,
+    /// A bash script.
+    Raw,
+}
+
+impl Language {
+    /// All languages, in a stable order.
+    pub const ALL: [Language; 3] = [Language::Python, Language::Javascript, Language::Raw];
+
+    /// The lower-case name used on the command line, in cache keys and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Javascript => "javascript",
+            Language::Raw => "raw",
+        }
+    }
+
+    /// Parses the names accepted by [`Language::name`] plus common aliases.
+    pub fn from_name(name: &str) -> Option<Language> {
+        match name.to_ascii_lowercase().as_str() {
+            "python" | "py" | "python3" => Some(Language::Python),
+            "javascript" | "js" | "typescript" | "ts" | "bun" => Some(Language::Javascript),
+            "raw" | "bash" | "sh" | "shell" => Some(Language::Raw),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Language {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which output stream a chunk belongs to.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One execution, as the agent receives it. The host has already validated every field.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub language: Language,
+    pub code: String,
+    /// Extra environment variables, in the order given.
+    pub env: Vec<(String, String)>,
+    /// Wall-clock limit for the code, from the moment it is started.
+    pub timeout_ms: u64,
+    /// Bytes of stdout forwarded before the stream is cut.
+    pub stdout_cap: u64,
+    /// Bytes of stderr forwarded before the stream is cut.
+    pub stderr_cap: u64,
+    /// Guest wall-clock time to set before running, as Unix milliseconds, so the guest
+    /// clock is right even when the VM was booted (or restored) long ago.
+    pub unix_time_ms: u64,
+    /// Fresh host entropy to mix into the guest's pool before running.
+    #[serde(with = "serde_bytes")]
+    pub entropy: Vec<u8>,
+}
+
+/// Messages from host to guest.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum HostMessage {
+    /// Run code and stream its output back.
+    Exec(ExecRequest),
+}
+
+/// How an execution ended, reported once after the last output chunk.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The process's exit status, 128+N when killed by signal N, −1 on timeout.
+    pub exit_code: i32,
+    pub timed_out: bool,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// From receiving the request to the process being started.
+    pub spawn_ms: u64,
+    /// From the process being started to its exit (and its output drained).
+    pub run_ms: u64,
+}
+
+/// Messages from guest to host.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum GuestMessage {
+    /// The agent is up and waiting for a request.
+    Ready {
+        version: u32,
+        /// Guest uptime when the agent became ready.
+        uptime_ms: u64,
+    },
+    /// A piece of the code's output, in order.
+    Output {
+        stream: Stream,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The code finished (or was killed); no more output follows.
+    Completed(Completion),
+    /// The agent could not start the code at all (for example the interpreter is
+    /// missing from the image). The code did not run.
+    Failed { message: String },
+}
+
+/// Why bytes could not be turned into a message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed frame body: {0}")]
+    Malformed(String),
+}
+
+/// Encodes one message as a whole frame (length prefix and body).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut out = vec![0u8; 4];
+    out = postcard::to_extend(msg, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = out.len() - 4;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
+    }
+    out[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(out)
+}
+
+/// Incremental frame decoder: push bytes as they arrive, pull whole messages out.
+///
+/// It never panics on any input; a bad length or body is a [`FrameError`], after which the
+/// stream is unusable (there is no way to find the next frame boundary).
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        // Drop consumed bytes before growing, so the buffer stays about one frame long.
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 64 * 1024 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received but not yet returned as a message.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Returns the next whole message, `Ok(None)` if more bytes are needed.
+    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        if len > MAX_FRAME_LEN {
+            return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
+        }
+        if avail.len() < 4 + len {
+            return Ok(None);
+        }
+        let body = &avail[4..4 + len];
+        let msg = postcard::from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+        self.start += 4 + len;
+        Ok(Some(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec() -> HostMessage {
+        HostMessage::Exec(ExecRequest {
+            language: Language::Python,
+            code: "print('€')\n".into(),
+            env: vec![("A".into(), "b".into())],
+            timeout_ms: 30_000,
+            stdout_cap: 1 << 20,
+            stderr_cap: 100 << 10,
+            unix_time_ms: 1_700_000_000_000,
+            entropy: vec![7; 32],
+        })
+    }
+
+    #[test]
+    fn round_trips_byte_by_byte() {
+        let msgs = vec![
+            exec(),
+            HostMessage::Exec(ExecRequest { code: String::new(), ..match exec() {
+                HostMessage::Exec(r) => r,
+            } }),
+        ];
+        let mut wire = Vec::new();
+        for m in &msgs {
+            wire.extend(encode(m).unwrap());
+        }
+        let mut dec = FrameDecoder::new();
+        let mut got = Vec::new();
+        for b in wire {
+            dec.push(&[b]);
+            while let Some(m) = dec.next_frame::<HostMessage>().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, msgs);
+        assert_eq!(dec.pending(), 0);
+    }
+
+    #[test]
+    fn binary_output_is_exact() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(MAX_CHUNK).collect();
+        let msg = GuestMessage::Output { stream: Stream::Stderr, data: data.clone() };
+        let mut dec = FrameDecoder::new();
+        dec.push(&encode(&msg).unwrap());
+        assert_eq!(dec.next_frame::<GuestMessage>().unwrap(), Some(msg));
+    }
+
+    #[test]
+    fn oversized_length_is_an_error_not_an_allocation() {
+        let mut dec = FrameDecoder::new();
+        dec.push(&u32::MAX.to_le_bytes());
+        assert!(matches!(dec.next_frame::<GuestMessage>(), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn garbage_body_is_malformed() {
+        let mut dec = FrameDecoder::new();
+        dec.push(&[3, 0, 0, 0, 0xff, 0xff, 0xff]);
+        assert!(matches!(dec.next_frame::<GuestMessage>(), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn language_names_round_trip() {
+        for l in Language::ALL {
+            assert_eq!(Language::from_name(l.name()), Some(l));
+        }
+        assert_eq!(Language::from_name("ts"), Some(Language::Javascript));
+        assert_eq!(Language::from_name("cobol"), None);
+    }
+}
