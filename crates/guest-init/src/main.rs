@@ -1,0 +1,76 @@
+//! `guest-init`: PID 1 of every guest, `/init` in the initramfs.
+//!
+//! It owns bringing the machine up to the point where the agent can run: mounting the
+//! pseudo filesystems, loading the kernel modules, mounting the language root filesystem
+//! with its writable tmpfs areas, switching into it, bringing up `lo`, starting the agent,
+//! reaping every orphan and powering off when the agent exits. In probe mode
+//! (`protocol::PROBE_CMDLINE_FLAG`) it only prints `protocol::PROBE_MARKER` and powers off.
+//!
+//! It must not talk to the host (that is the agent's channel), run user code, or shell out
+//! to anything: under software emulation every process start costs milliseconds.
+//!
+//! Any failure before the agent starts prints one `sbx-init:` line on the console and
+//! powers off, so the host sees QEMU exit before `Ready` and can retry.
+
+mod console;
+mod error;
+mod modules;
+mod mounts;
+mod net;
+mod power;
+mod rootfs;
+mod supervise;
+
+use error::InitError;
+use nix::mount::MsFlags;
+use std::path::Path;
+
+/// The agent binary inside the initramfs (see docs/CONTRACTS.md).
+const AGENT_IN_INITRAMFS: &str = "/sbin/sbx-agent";
+const HOSTNAME: &str = "sandbox";
+
+fn main() {
+    if let Err(e) = boot() {
+        console::line(&format!("sbx-init: {e}"));
+    }
+    power::off()
+}
+
+/// Everything up to and including running the agent. Returns when the agent has exited.
+fn boot() -> Result<(), InitError> {
+    mounts::mount_fs("proc", "/proc", "proc", mounts::PSEUDO, None)?;
+    if probe_requested()? {
+        mounts::ensure_console()?;
+        console::line(protocol::PROBE_MARKER);
+        return Ok(());
+    }
+    // The kernel's built-in initramfs only has a static /dev/console; devices need devtmpfs.
+    mounts::mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    console::attach_stdio();
+    mounts::mount_fs("sysfs", "/sys", "sysfs", mounts::PSEUDO, None)?;
+    modules::load_all(Path::new(modules::MODULE_DIR));
+    rootfs::prepare(Path::new(AGENT_IN_INITRAMFS))?;
+    rootfs::switch()?;
+    // Neither is fatal: code that needs 127.0.0.1 or the hostname fails visibly, the rest runs.
+    if let Err(e) = net::loopback_up() {
+        console::line(&format!("sbx-init: {e}"));
+    }
+    if let Err(e) = nix::unistd::sethostname(HOSTNAME) {
+        console::line(&format!("sbx-init: sethostname: {e}"));
+    }
+    supervise::run_agent(Path::new(rootfs::AGENT_PATH))
+}
+
+fn probe_requested() -> Result<bool, InitError> {
+    let cmdline =
+        std::fs::read_to_string("/proc/cmdline").map_err(InitError::io("read /proc/cmdline"))?;
+    Ok(cmdline
+        .split_whitespace()
+        .any(|arg| arg == protocol::PROBE_CMDLINE_FLAG))
+}
