@@ -1,0 +1,171 @@
+//! VM tests: boot real guests. They need images, located through
+//! `SBX_TEST_KERNEL`, `SBX_TEST_INITRAMFS` and (for agent boots) `SBX_TEST_ROOTFS`;
+//! without them each test prints "skipped: set SBX_TEST_*" and passes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use vmm::{AccelChoice, Accelerator, BootError, ChannelError, Registry, Vm, VmSpec};
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+}
+
+fn spec(with_rootfs: bool) -> Option<VmSpec> {
+    let (Some(kernel), Some(initramfs)) =
+        (env_path("SBX_TEST_KERNEL"), env_path("SBX_TEST_INITRAMFS"))
+    else {
+        eprintln!("skipped: set SBX_TEST_KERNEL and SBX_TEST_INITRAMFS");
+        return None;
+    };
+    let rootfs = env_path("SBX_TEST_ROOTFS");
+    if with_rootfs && rootfs.is_none() {
+        eprintln!("skipped: set SBX_TEST_ROOTFS");
+        return None;
+    }
+    let qemu = vmm::find_qemu(None).expect("QEMU is installed where images are");
+    let accelerator = match std::env::var("SBX_ACCEL").as_deref() {
+        Ok("kvm") => Accelerator::Kvm,
+        _ => Accelerator::Tcg,
+    };
+    Some(VmSpec {
+        qemu,
+        accelerator,
+        kernel,
+        initramfs,
+        rootfs,
+        memory_mb: 512,
+        vcpus: 1,
+        boot_timeout: Duration::from_secs(60),
+        extra_cmdline: Vec::new(),
+    })
+}
+
+fn registry() -> (tempfile::TempDir, Registry) {
+    // Short path: the agent socket lives under it and must stay below 108 bytes.
+    let dir = tempfile::Builder::new()
+        .prefix("vmmt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    (dir, reg)
+}
+
+fn assert_empty(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn assert_dead(pid: u32) {
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("QEMU {pid} still exists");
+}
+
+#[tokio::test]
+async fn boot_to_poweroff_sees_the_probe_marker() {
+    let Some(spec) = spec(false) else { return };
+    let (dir, reg) = registry();
+    let t = vmm::boot_to_poweroff(&spec, &reg).await.unwrap();
+    eprintln!("boot to poweroff: {t:?}");
+    assert_empty(dir.path());
+}
+
+#[tokio::test]
+async fn accelerator_probe_is_cached() {
+    let Some(spec) = spec(false) else { return };
+    let cache = tempfile::tempdir().unwrap();
+    let first = vmm::probe_accelerator(
+        &spec.qemu,
+        &spec.kernel,
+        &spec.initramfs,
+        cache.path(),
+        AccelChoice::Auto,
+    )
+    .await;
+    eprintln!("verdict: {first:?}");
+    if first.accelerator == Accelerator::Tcg {
+        assert!(first.kvm_rejected_because.is_some());
+    }
+    let second = vmm::probe_accelerator(
+        &spec.qemu,
+        &spec.kernel,
+        &spec.initramfs,
+        cache.path(),
+        AccelChoice::Auto,
+    )
+    .await;
+    // A verdict is cached unless the probe could not decide (/dev/kvm unusable is instant).
+    if first.reason.contains("/dev/kvm") && !first.reason.contains("within") {
+        assert!(!second.from_cache);
+    } else {
+        assert!(second.from_cache, "{second:?}");
+    }
+    assert_eq!(first.accelerator, second.accelerator);
+}
+
+#[tokio::test]
+async fn cancelled_boot_leaks_nothing() {
+    let Some(spec) = spec(false) else { return };
+    let (dir, reg) = registry();
+    let r = tokio::time::timeout(Duration::from_millis(300), Vm::boot(&spec, &reg)).await;
+    assert!(r.is_err(), "a TCG boot cannot be ready in 300 ms");
+    // The dropped future dropped the Instance: killed, reaped, cleaned synchronously.
+    assert_empty(dir.path());
+}
+
+#[tokio::test]
+async fn boot_timeout_is_transient_and_cleans_up() {
+    let Some(mut spec) = spec(false) else { return };
+    spec.boot_timeout = Duration::from_millis(500);
+    let (dir, reg) = registry();
+    let err = Vm::boot(&spec, &reg).await.unwrap_err();
+    assert!(matches!(err, BootError::Timeout { .. }), "{err}");
+    assert!(err.is_transient());
+    assert_empty(dir.path());
+}
+
+#[tokio::test]
+async fn boots_to_ready_and_detects_frozen_and_dead_qemu() {
+    let Some(spec) = spec(true) else { return };
+    let (dir, reg) = registry();
+    let mut vm = Vm::boot(&spec, &reg).await.unwrap();
+    eprintln!("ready after {:?}", vm.boot_time());
+    let pid = vm.pid();
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(2), vm.recv())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, ChannelError::Frozen { state: 'T', .. }),
+        "{err}"
+    );
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(2), vm.recv())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, ChannelError::QemuExited { .. }), "{err}");
+    vm.shutdown().await;
+    assert_dead(pid);
+    assert_empty(dir.path());
+
+    // And a normal shutdown of a healthy VM.
+    let vm = Vm::boot(&spec, &reg).await.unwrap();
+    let pid = vm.pid();
+    vm.shutdown().await;
+    assert_dead(pid);
+    assert_empty(dir.path());
+}
