@@ -44,6 +44,7 @@ pub const PROBE_MARKER: &str = "SBX-PROBE-OK";
 
 /// The languages the guest can run.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
 pub enum Language {
     /// Python 3 (`python3`).
     Python,
@@ -169,7 +170,10 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     out = postcard::to_extend(msg, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
     let len = out.len() - 4;
     if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
     }
     out[..4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(out)
@@ -216,7 +220,10 @@ impl FrameDecoder {
         }
         let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
         if len > MAX_FRAME_LEN {
-            return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
+            return Err(FrameError::TooLarge {
+                len,
+                max: MAX_FRAME_LEN,
+            });
         }
         if avail.len() < 4 + len {
             return Ok(None);
@@ -249,9 +256,12 @@ mod tests {
     fn round_trips_byte_by_byte() {
         let msgs = vec![
             exec(),
-            HostMessage::Exec(ExecRequest { code: String::new(), ..match exec() {
-                HostMessage::Exec(r) => r,
-            } }),
+            HostMessage::Exec(ExecRequest {
+                code: String::new(),
+                ..match exec() {
+                    HostMessage::Exec(r) => r,
+                }
+            }),
         ];
         let mut wire = Vec::new();
         for m in &msgs {
@@ -272,7 +282,10 @@ mod tests {
     #[test]
     fn binary_output_is_exact() {
         let data: Vec<u8> = (0..=255u8).cycle().take(MAX_CHUNK).collect();
-        let msg = GuestMessage::Output { stream: Stream::Stderr, data: data.clone() };
+        let msg = GuestMessage::Output {
+            stream: Stream::Stderr,
+            data: data.clone(),
+        };
         let mut dec = FrameDecoder::new();
         dec.push(&encode(&msg).unwrap());
         assert_eq!(dec.next_frame::<GuestMessage>().unwrap(), Some(msg));
@@ -282,14 +295,20 @@ mod tests {
     fn oversized_length_is_an_error_not_an_allocation() {
         let mut dec = FrameDecoder::new();
         dec.push(&u32::MAX.to_le_bytes());
-        assert!(matches!(dec.next_frame::<GuestMessage>(), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            dec.next_frame::<GuestMessage>(),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn garbage_body_is_malformed() {
         let mut dec = FrameDecoder::new();
         dec.push(&[3, 0, 0, 0, 0xff, 0xff, 0xff]);
-        assert!(matches!(dec.next_frame::<GuestMessage>(), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            dec.next_frame::<GuestMessage>(),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,79 @@
+//! Scheduler configuration, with defaults and environment overrides.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vmm::{AccelChoice, Accelerator, RetryPolicy};
+
+use crate::error::PermanentError;
+
+/// How the scheduler finds its tools and places its files.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where built images and probe verdicts live (`$SBX_CACHE_DIR`, else the user cache dir).
+    pub cache_dir: PathBuf,
+    /// Where per-VM work dirs and the process registry live (`$SBX_RUNTIME_DIR`, else
+    /// `$XDG_RUNTIME_DIR/exec-sandbox`, else `/tmp/exec-sandbox-<uid>`).
+    pub runtime_dir: PathBuf,
+    /// QEMU binary (`$SBX_QEMU`); `None` searches `$PATH` for `qemu-system-x86_64`.
+    pub qemu: Option<PathBuf>,
+    /// `$SBX_ACCEL=kvm|tcg|auto`.
+    pub accelerator: AccelChoice,
+    /// Never build images (`$SBX_OFFLINE=1`): fail with a clear error if they are missing.
+    pub offline: bool,
+    /// VMs running at once; further runs wait for a slot.
+    pub max_concurrent_vms: usize,
+    /// Deadline for one boot attempt to reach the agent.
+    pub boot_timeout: Duration,
+    pub boot_retry: RetryPolicy,
+    pub vcpus: u32,
+}
+
+impl Config {
+    /// Defaults, overridden by the `SBX_*` environment variables listed on each field.
+    pub fn from_env() -> Result<Config, PermanentError> {
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        let cache_dir = match env("SBX_CACHE_DIR") {
+            Some(p) => PathBuf::from(p),
+            None => images::ImageStore::open_default()?.root().to_path_buf(),
+        };
+        let runtime_dir = match env("SBX_RUNTIME_DIR") {
+            Some(p) => PathBuf::from(p),
+            None => match env("XDG_RUNTIME_DIR") {
+                Some(p) => PathBuf::from(p).join("exec-sandbox"),
+                None => {
+                    std::env::temp_dir().join(format!("exec-sandbox-{}", nix::unistd::getuid()))
+                }
+            },
+        };
+        let accelerator = match std::env::var("SBX_ACCEL").unwrap_or_default().as_str() {
+            "" | "auto" => AccelChoice::Auto,
+            "kvm" => AccelChoice::Force(Accelerator::Kvm),
+            "tcg" => AccelChoice::Force(Accelerator::Tcg),
+            other => {
+                return Err(PermanentError::Config(format!(
+                    "SBX_ACCEL={other:?}: expected kvm, tcg or auto"
+                )))
+            }
+        };
+        let offline = matches!(
+            std::env::var("SBX_OFFLINE").as_deref(),
+            Ok("1" | "true" | "yes")
+        );
+        Ok(Config {
+            cache_dir,
+            runtime_dir,
+            qemu: env("SBX_QEMU").map(PathBuf::from),
+            accelerator,
+            offline,
+            max_concurrent_vms: 8,
+            boot_timeout: Duration::from_secs(60),
+            boot_retry: RetryPolicy {
+                max_retries: 2,
+                base_delay: Duration::from_millis(200),
+                max_delay: Duration::from_secs(2),
+            },
+            vcpus: 1,
+        })
+    }
+}

@@ -1,0 +1,88 @@
+//! The error hierarchy every caller sees.
+//!
+//! The variant says who is at fault and whether the code ran:
+//!
+//! | variant | meaning | code ran? | retry? |
+//! |---|---|---|---|
+//! | [`Error::Invalid`] | the request is wrong | no | no, fix the request |
+//! | [`Error::Transient`] | the VM failed before the code was sent | no | yes |
+//! | [`Error::Permanent`] | configuration or a missing dependency | no | no, fix the host |
+//! | [`Error::OutcomeUnknown`] | the transport was lost after the code was sent | maybe | only if the code is idempotent |
+//! | [`Error::Cancelled`] | the caller cancelled | maybe | caller's choice |
+
+use crate::validate::ValidationError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid request: {0}")]
+    Invalid(#[from] ValidationError),
+    #[error("the VM failed before the code was sent (safe to retry): {0}")]
+    Transient(#[from] TransientError),
+    #[error("{0}")]
+    Permanent(#[from] PermanentError),
+    #[error(
+        "the connection to the VM was lost after the code was sent; it may have run: {reason}"
+    )]
+    OutcomeUnknown { reason: String },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    /// True when the code certainly did not run and the same request may simply be retried.
+    pub fn is_retry_safe(&self) -> bool {
+        matches!(self, Error::Transient(_))
+    }
+
+    /// True when the code may have run (fully or partly).
+    pub fn code_may_have_run(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. } | Error::Cancelled)
+    }
+
+    /// A short stable name for the kind, used in JSON output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Invalid(_) => "invalid_request",
+            Error::Transient(_) => "transient",
+            Error::Permanent(_) => "permanent",
+            Error::OutcomeUnknown { .. } => "outcome_unknown",
+            Error::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Infrastructure failures that happened before the code was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum TransientError {
+    #[error("boot failed after {retries} retries: {source}")]
+    Boot {
+        retries: u32,
+        #[source]
+        source: vmm::BootError,
+    },
+    #[error("could not send the code to the guest: {0}")]
+    Dispatch(#[source] vmm::ChannelError),
+}
+
+/// Failures that retrying will not fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PermanentError {
+    #[error("QEMU: {0}")]
+    Qemu(#[from] vmm::VmmError),
+    #[error("guest images: {0}")]
+    Images(#[from] images::ImageError),
+    #[error("boot failed: {0}")]
+    Boot(#[source] vmm::BootError),
+    #[error("the guest could not start the code: {0}")]
+    GuestCannotRun(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("I/O at {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("internal: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,44 @@
+//! The exec-sandbox library: run untrusted code in throwaway QEMU microVMs.
+//!
+//! This crate owns the caller-facing API — [`Scheduler`], [`RunRequest`],
+//! [`ExecutionResult`], [`Config`] and the [`Error`] hierarchy — plus request validation and
+//! the policy that ties the parts together (which images, which accelerator, how many VMs at
+//! once). It must not build QEMU command lines or talk to processes directly (that is
+//! `vmm`), build images (`images`), or define wire formats (`protocol`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sandbox::Error> {
+//! use sandbox::{Config, Language, RunRequest, Scheduler};
+//!
+//! let scheduler = Scheduler::new(Config::from_env()?).await?;
+//! let result = scheduler
+//!     .run_streaming(RunRequest::new(Language::Raw, "echo hi"), |chunk| {
+//!         print!("{}", String::from_utf8_lossy(&chunk.data));
+//!     })
+//!     .await?;
+//! assert_eq!(result.exit_code, 0);
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod request;
+mod result;
+mod scheduler;
+mod validate;
+
+pub use config::Config;
+pub use error::{Error, PermanentError, TransientError};
+pub use protocol::{Language, Stream};
+pub use request::{RunRequest, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, STDERR_CAP, STDOUT_CAP};
+pub use result::{ExecutionResult, OutputChunk, Timing, Utf8Chunker};
+pub use scheduler::Scheduler;
+pub use validate::{
+    validate, ValidationError, MAX_CODE_BYTES, MAX_MEMORY_MB, MAX_TIMEOUT, MIN_MEMORY_MB,
+    MIN_TIMEOUT,
+};
+pub use vmm::{AccelChoice, AccelVerdict, Accelerator};
+
+/// The parts this library is built on, for tools (such as `sbx doctor`) that report on them.
+pub use images;
+pub use vmm;

@@ -1,0 +1,61 @@
+//! What a caller asks for: [`RunRequest`] and its defaults.
+
+use std::time::Duration;
+
+use protocol::Language;
+
+/// Default wall-clock limit for the code.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default guest memory, in MiB.
+pub const DEFAULT_MEMORY_MB: u32 = 256;
+/// Output caps (DESIGN §5): the stream stops there and the result flags truncation.
+pub const STDOUT_CAP: u64 = 1024 * 1024;
+pub const STDERR_CAP: u64 = 100 * 1024;
+
+/// One execution.
+///
+/// ```
+/// use sandbox::{Language, RunRequest};
+/// use std::time::Duration;
+///
+/// let req = RunRequest::new(Language::Python, "print(6*7)")
+///     .timeout(Duration::from_secs(10))
+///     .env(vec![("GREETING".into(), "hi".into())]);
+/// assert!(sandbox::validate(&req).is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    pub language: Language,
+    pub code: String,
+    pub timeout: Duration,
+    pub memory_mb: u32,
+    /// Extra environment variables for the code, in order.
+    pub env: Vec<(String, String)>,
+}
+
+impl RunRequest {
+    pub fn new(language: Language, code: impl Into<String>) -> Self {
+        Self {
+            language,
+            code: code.into(),
+            timeout: DEFAULT_TIMEOUT,
+            memory_mb: DEFAULT_MEMORY_MB,
+            env: Vec::new(),
+        }
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn memory_mb(mut self, mb: u32) -> Self {
+        self.memory_mb = mb;
+        self
+    }
+
+    pub fn env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = env;
+        self
+    }
+}

@@ -1,0 +1,330 @@
+//! Input validation: every check a request must pass before any VM is touched.
+//!
+//! Validation is pure (no I/O) so it is cheap, fuzzable and the same for every caller
+//! (library, CLI, server). Each error names the field that was wrong.
+
+use std::time::Duration;
+
+use crate::request::RunRequest;
+
+/// Largest accepted code, in bytes.
+pub const MAX_CODE_BYTES: usize = 1024 * 1024;
+/// Accepted execution timeouts.
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+/// Accepted guest memory sizes, in MiB.
+pub const MIN_MEMORY_MB: u32 = 128;
+pub const MAX_MEMORY_MB: u32 = 16 * 1024;
+/// Limits on extra environment variables.
+pub const MAX_ENV_VARS: usize = 128;
+pub const MAX_ENV_NAME_BYTES: usize = 128;
+pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+
+/// Variables that change how the loader, the shell or an interpreter starts. They are
+/// refused because they would let a caller's settings act on the sandbox's own launchers
+/// rather than on the caller's code.
+const BLOCKED_ENV: &[&str] = &[
+    "BASH_ENV",
+    "ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "PROMPT_COMMAND",
+    "IFS",
+    "PYTHONSTARTUP",
+    "PYTHONHOME",
+    "PYTHONINSPECT",
+    "NODE_OPTIONS",
+    "BUN_OPTIONS",
+    "GCONV_PATH",
+    "MALLOC_CHECK_",
+];
+const BLOCKED_ENV_PREFIXES: &[&str] = &["LD_", "BASH_FUNC_", "DYLD_"];
+
+/// What was wrong with a request. The caller's bug: nothing was started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("code: is empty or only whitespace")]
+    EmptyCode,
+    #[error("code: contains a NUL byte at offset {offset}")]
+    NulInCode { offset: usize },
+    #[error("code: is {len} bytes, over the {max}-byte limit")]
+    CodeTooLarge { len: usize, max: usize },
+    #[error("timeout: {given_ms} ms is outside the accepted range {min_s}..={max_s} s")]
+    Timeout {
+        given_ms: u128,
+        min_s: u64,
+        max_s: u64,
+    },
+    #[error("memory: {given} MiB is outside the accepted range {min}..={max} MiB")]
+    Memory { given: u32, min: u32, max: u32 },
+    #[error("env: {count} variables, over the limit of {max}")]
+    TooManyEnvVars { count: usize, max: usize },
+    #[error("env: name {name:?} is invalid: {reason}")]
+    EnvName { name: String, reason: &'static str },
+    #[error("env: {name} is not allowed (it changes how the sandbox's launchers start)")]
+    EnvBlocked { name: String },
+    #[error("env: {name} is given more than once")]
+    EnvDuplicate { name: String },
+    #[error("env: value of {name} is invalid: {reason}")]
+    EnvValue { name: String, reason: String },
+}
+
+impl ValidationError {
+    /// The request field the error is about.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::EmptyCode | Self::NulInCode { .. } | Self::CodeTooLarge { .. } => "code",
+            Self::Timeout { .. } => "timeout",
+            Self::Memory { .. } => "memory",
+            Self::TooManyEnvVars { .. }
+            | Self::EnvName { .. }
+            | Self::EnvBlocked { .. }
+            | Self::EnvDuplicate { .. }
+            | Self::EnvValue { .. } => "env",
+        }
+    }
+}
+
+/// Checks a whole request; the first problem found is returned.
+pub fn validate(req: &RunRequest) -> Result<(), ValidationError> {
+    validate_code(&req.code)?;
+    validate_timeout(req.timeout)?;
+    validate_memory(req.memory_mb)?;
+    validate_env(&req.env)
+}
+
+pub fn validate_code(code: &str) -> Result<(), ValidationError> {
+    if code.len() > MAX_CODE_BYTES {
+        return Err(ValidationError::CodeTooLarge {
+            len: code.len(),
+            max: MAX_CODE_BYTES,
+        });
+    }
+    if let Some(offset) = code.bytes().position(|b| b == 0) {
+        return Err(ValidationError::NulInCode { offset });
+    }
+    if code.trim().is_empty() {
+        return Err(ValidationError::EmptyCode);
+    }
+    Ok(())
+}
+
+pub fn validate_timeout(timeout: Duration) -> Result<(), ValidationError> {
+    if timeout < MIN_TIMEOUT || timeout > MAX_TIMEOUT {
+        return Err(ValidationError::Timeout {
+            given_ms: timeout.as_millis(),
+            min_s: MIN_TIMEOUT.as_secs(),
+            max_s: MAX_TIMEOUT.as_secs(),
+        });
+    }
+    Ok(())
+}
+
+pub fn validate_memory(mb: u32) -> Result<(), ValidationError> {
+    if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&mb) {
+        return Err(ValidationError::Memory {
+            given: mb,
+            min: MIN_MEMORY_MB,
+            max: MAX_MEMORY_MB,
+        });
+    }
+    Ok(())
+}
+
+pub fn validate_env(env: &[(String, String)]) -> Result<(), ValidationError> {
+    if env.len() > MAX_ENV_VARS {
+        return Err(ValidationError::TooManyEnvVars {
+            count: env.len(),
+            max: MAX_ENV_VARS,
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (name, value) in env {
+        validate_env_name(name)?;
+        if !seen.insert(name.as_str()) {
+            return Err(ValidationError::EnvDuplicate { name: name.clone() });
+        }
+        validate_env_value(name, value)?;
+    }
+    Ok(())
+}
+
+fn validate_env_name(name: &str) -> Result<(), ValidationError> {
+    let bad = |reason| {
+        Err(ValidationError::EnvName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_ENV_NAME_BYTES {
+        return bad("it is longer than 128 bytes");
+    }
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return bad("use letters, digits and '_', not starting with a digit");
+    }
+    let upper = name.to_ascii_uppercase();
+    if BLOCKED_ENV.contains(&upper.as_str())
+        || BLOCKED_ENV_PREFIXES.iter().any(|p| upper.starts_with(p))
+    {
+        return Err(ValidationError::EnvBlocked {
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn validate_env_value(name: &str, value: &str) -> Result<(), ValidationError> {
+    let bad = |reason: String| {
+        Err(ValidationError::EnvValue {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if value.len() > MAX_ENV_VALUE_BYTES {
+        return bad(format!(
+            "it is {} bytes, over the {MAX_ENV_VALUE_BYTES}-byte limit",
+            value.len()
+        ));
+    }
+    // Tabs are ordinary text; every other control character (newline, escape, NUL, DEL, C1)
+    // is refused because it breaks or smuggles through line- and terminal-oriented consumers.
+    if let Some((i, c)) = value
+        .char_indices()
+        .find(|&(_, c)| c != '\t' && c.is_control())
+    {
+        return bad(format!("control character U+{:04X} at byte {i}", c as u32));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::Language;
+
+    fn req(code: &str) -> RunRequest {
+        RunRequest::new(Language::Python, code)
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn accepts_a_plain_request() {
+        assert_eq!(validate(&req("print(1)")), Ok(()));
+    }
+
+    #[test]
+    fn rejects_bad_code() {
+        assert_eq!(validate(&req("")), Err(ValidationError::EmptyCode));
+        assert_eq!(
+            validate(&req(" \n\t \r\n")),
+            Err(ValidationError::EmptyCode)
+        );
+        assert_eq!(
+            validate(&req("print(1)\0")),
+            Err(ValidationError::NulInCode { offset: 8 })
+        );
+        let big = "#".repeat(MAX_CODE_BYTES + 1);
+        assert!(matches!(
+            validate(&req(&big)),
+            Err(ValidationError::CodeTooLarge { .. })
+        ));
+        let at_limit = "#".repeat(MAX_CODE_BYTES);
+        assert_eq!(validate(&req(&at_limit)), Ok(()));
+    }
+
+    #[test]
+    fn timeout_and_memory_ranges() {
+        for (t, ok) in [
+            (0, false),
+            (999, false),
+            (1000, true),
+            (300_000, true),
+            (300_001, false),
+        ] {
+            let r = req("1").timeout(Duration::from_millis(t));
+            assert_eq!(validate(&r).is_ok(), ok, "timeout {t} ms");
+        }
+        for (m, ok) in [
+            (64, false),
+            (127, false),
+            (128, true),
+            (16384, true),
+            (16385, false),
+        ] {
+            let r = req("1").memory_mb(m);
+            assert_eq!(validate(&r).is_ok(), ok, "memory {m}");
+        }
+    }
+
+    #[test]
+    fn env_names() {
+        for name in ["", "1A", "A-B", "A B", "A=B", "é"] {
+            let r = req("1").env(env(&[(name, "x")]));
+            assert!(
+                matches!(validate(&r), Err(ValidationError::EnvName { .. })),
+                "{name:?}"
+            );
+        }
+        for name in [
+            "LD_PRELOAD",
+            "ld_library_path",
+            "BASH_ENV",
+            "BASH_FUNC_f%%",
+            "NODE_OPTIONS",
+        ] {
+            let r = req("1").env(env(&[(name, "x")]));
+            let err = validate(&r).unwrap_err();
+            assert_eq!(err.field(), "env");
+            assert!(
+                matches!(
+                    err,
+                    ValidationError::EnvBlocked { .. } | ValidationError::EnvName { .. }
+                ),
+                "{name}"
+            );
+        }
+        let r = req("1").env(env(&[("A", "1"), ("A", "2")]));
+        assert!(matches!(
+            validate(&r),
+            Err(ValidationError::EnvDuplicate { .. })
+        ));
+        assert_eq!(
+            validate(&req("1").env(env(&[("_A1", "x"), ("B", "")]))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn env_values() {
+        for value in ["a\nb", "a\rb", "\u{1b}[31m", "a\u{7f}", "a\u{85}"] {
+            let r = req("1").env(env(&[("A", value)]));
+            assert!(
+                matches!(validate(&r), Err(ValidationError::EnvValue { .. })),
+                "{value:?}"
+            );
+        }
+        assert_eq!(
+            validate(&req("1").env(env(&[("A", "tab\there €")]))),
+            Ok(())
+        );
+        let long = "x".repeat(MAX_ENV_VALUE_BYTES + 1);
+        assert!(matches!(
+            validate(&req("1").env(vec![("A".into(), long)])),
+            Err(ValidationError::EnvValue { .. })
+        ));
+    }
+}

@@ -1,0 +1,222 @@
+//! `sbx bench`: cold-run latency per language, printed beside baselines measured in the same
+//! run — the boot floor (the same kernel and initramfs powering off at once, no agent) and
+//! the same program run natively on the host. Ratios, not absolute times, are the result:
+//! these machines are shared and noisy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sandbox::images::ImageStore;
+use sandbox::{vmm, Language, RunRequest, Scheduler};
+
+use crate::cli::BenchArgs;
+use crate::exit;
+use crate::progress::BuildProgress;
+
+struct Series {
+    name: String,
+    samples: Vec<Duration>,
+}
+
+impl Series {
+    fn percentile(&self, p: f64) -> Duration {
+        let mut s = self.samples.clone();
+        s.sort();
+        if s.is_empty() {
+            return Duration::ZERO;
+        }
+        // Nearest-rank percentile: the smallest sample with at least p of the data at or below it.
+        let rank = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len());
+        s[rank - 1]
+    }
+}
+
+fn program(language: Language) -> &'static str {
+    match language {
+        Language::Python => "print(1)",
+        Language::Javascript => "console.log(1)",
+        Language::Raw => "echo 1",
+    }
+}
+
+pub async fn bench(args: BenchArgs, scheduler: Scheduler) -> i32 {
+    let langs = if args.language.is_empty() {
+        Language::ALL.to_vec()
+    } else {
+        args.language.clone()
+    };
+    let runs = args.runs.max(1);
+    if let Err(e) = scheduler
+        .ensure_images(&langs, Arc::new(BuildProgress::new(false)))
+        .await
+    {
+        return crate::run::report_error(&e, false);
+    }
+    let verdict = match scheduler.accelerator().await {
+        Ok(v) => v,
+        Err(e) => return crate::run::report_error(&e, false),
+    };
+    eprintln!(
+        "sbx bench: {runs} runs each, accelerator {:?}",
+        verdict.accelerator
+    );
+
+    let mut series = Vec::new();
+    match floor(&scheduler, verdict.accelerator, runs).await {
+        Ok(s) => series.push(s),
+        Err(msg) => {
+            eprintln!("sbx bench: boot floor: {msg}");
+            return exit::INFRA;
+        }
+    }
+    if let Some(native) = native_python(runs) {
+        series.push(native);
+    }
+    for lang in langs {
+        let mut samples = Vec::with_capacity(runs);
+        for i in 0..runs {
+            let req = RunRequest::new(lang, program(lang));
+            match scheduler.run(req).await {
+                Ok(r) if r.exit_code == 0 => samples.push(Duration::from_millis(r.timing.total_ms)),
+                Ok(r) => {
+                    eprintln!(
+                        "sbx bench: {lang} run {i} exited {}: {}",
+                        r.exit_code,
+                        r.stderr_text()
+                    );
+                    return exit::INFRA;
+                }
+                Err(e) => return crate::run::report_error(&e, false),
+            }
+        }
+        series.push(Series {
+            name: format!("cold {lang}"),
+            samples,
+        });
+    }
+    print_table(&series);
+    if let Some(path) = &args.json {
+        let json: Vec<_> = series
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "samples_ms": s.samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        if let Err(e) = std::fs::write(path, serde_json::Value::from(json).to_string()) {
+            eprintln!("sbx bench: writing {}: {e}", path.display());
+        }
+    }
+    0
+}
+
+async fn floor(
+    scheduler: &Scheduler,
+    accel: sandbox::Accelerator,
+    runs: usize,
+) -> Result<Series, String> {
+    let store = ImageStore::new(scheduler.config().cache_dir.clone());
+    let boot = store
+        .lookup_boot()
+        .map_err(|e| e.to_string())?
+        .ok_or("boot images are missing")?;
+    let spec = vmm::VmSpec {
+        qemu: scheduler.qemu().clone(),
+        accelerator: accel,
+        kernel: boot.kernel,
+        initramfs: boot.initramfs,
+        rootfs: None,
+        memory_mb: sandbox::DEFAULT_MEMORY_MB,
+        vcpus: scheduler.config().vcpus,
+        boot_timeout: scheduler.config().boot_timeout,
+        extra_cmdline: Vec::new(),
+    };
+    let registry = scheduler.registry();
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        samples.push(
+            vmm::boot_to_poweroff(&spec, &registry)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(Series {
+        name: "floor (boot to power-off)".into(),
+        samples,
+    })
+}
+
+fn native_python(runs: usize) -> Option<Series> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let status = std::process::Command::new("python3")
+            .args(["-c", "print(1)"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        if !status.success() {
+            return None;
+        }
+        samples.push(t.elapsed());
+    }
+    Some(Series {
+        name: "native python3 (host)".into(),
+        samples,
+    })
+}
+
+fn print_table(series: &[Series]) {
+    let floor = series
+        .first()
+        .map(|s| s.percentile(0.5))
+        .unwrap_or(Duration::ZERO);
+    let native = series
+        .iter()
+        .find(|s| s.name.starts_with("native"))
+        .map(|s| s.percentile(0.5));
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>10}",
+        "measurement", "p50 ms", "p95 ms", "÷ floor", "÷ native"
+    );
+    for s in series {
+        let p50 = s.percentile(0.5);
+        let ratio = |base: Duration| {
+            if base.is_zero() {
+                "-".to_string()
+            } else {
+                format!("{:.2}×", p50.as_secs_f64() / base.as_secs_f64())
+            }
+        };
+        println!(
+            "{:<28} {:>9.1} {:>9.1} {:>9} {:>10}",
+            s.name,
+            p50.as_secs_f64() * 1000.0,
+            s.percentile(0.95).as_secs_f64() * 1000.0,
+            ratio(floor),
+            native.map_or("-".to_string(), ratio),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let s = Series {
+            name: "x".into(),
+            samples: (1..=10).map(Duration::from_millis).collect(),
+        };
+        assert_eq!(s.percentile(0.5), Duration::from_millis(5));
+        assert_eq!(s.percentile(0.95), Duration::from_millis(10));
+        let one = Series {
+            name: "y".into(),
+            samples: vec![Duration::from_millis(7)],
+        };
+        assert_eq!(one.percentile(0.95), Duration::from_millis(7));
+    }
+}

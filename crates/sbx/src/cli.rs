@@ -1,0 +1,103 @@
+//! Command-line grammar (clap). Parsing only: no behaviour lives here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sbx",
+    version,
+    about = "Run untrusted code in throwaway QEMU microVMs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run code in a fresh microVM; exits with the code's exit status.
+    Run(RunArgs),
+    /// Show what this machine offers: QEMU, accelerator verdict and why, cgroups, images.
+    Doctor(DoctorArgs),
+    /// Build, list or prune the cached guest images.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+    /// Measure cold runs against the boot floor and native execution.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Language: python, javascript (also TypeScript) or raw (bash). Default: inferred from
+    /// the file's extension, else python.
+    #[arg(short, long, value_parser = parse_language)]
+    pub language: Option<sandbox::Language>,
+    /// Code to run; repeat to add lines.
+    #[arg(short = 'c', long = "code", value_name = "CODE")]
+    pub code: Vec<String>,
+    /// A file to run, `-` for standard input, or the code itself.
+    #[arg(value_name = "FILE | - | CODE", allow_hyphen_values = true)]
+    pub source: Option<String>,
+    /// Timeout in seconds (1–300).
+    #[arg(short, long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Guest memory in MiB (128–16384).
+    #[arg(short, long, value_name = "MB", default_value_t = sandbox::DEFAULT_MEMORY_MB)]
+    pub memory: u32,
+    /// Environment variable for the code; repeatable.
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Print the whole result as JSON on stdout instead of streaming output.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress or status messages from sbx itself.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Build the images for these languages (default: all) ahead of time.
+    Build {
+        #[arg(short, long, value_parser = parse_language)]
+        language: Vec<sandbox::Language>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List cached images and their sizes.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached images the current version does not use.
+    Prune,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Runs per measurement.
+    #[arg(short = 'n', long, default_value_t = 10)]
+    pub runs: usize,
+    /// Languages to measure (default: all).
+    #[arg(short, long, value_parser = parse_language)]
+    pub language: Vec<sandbox::Language>,
+    /// Write the raw samples as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn parse_language(s: &str) -> Result<sandbox::Language, String> {
+    sandbox::Language::from_name(s)
+        .ok_or_else(|| format!("unknown language {s:?}: expected python, javascript or raw"))
+}

@@ -1,0 +1,97 @@
+//! `sbx`: the exec-sandbox command line.
+//!
+//! This binary owns argument parsing, terminal output, exit statuses and signal handling.
+//! Everything it runs goes through the `sandbox` library; it must not start QEMU or build
+//! images by itself.
+
+mod bench;
+mod cli;
+mod doctor;
+mod exit;
+mod images_cmd;
+mod progress;
+mod run;
+mod signals;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    // Two workers are plenty: the work is waiting on QEMU. The runtime's threads live as long
+    // as the process, which keeps PR_SET_PDEATHSIG (tied to the spawning thread) meaningful.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sbx: cannot start the async runtime: {e}");
+            std::process::exit(exit::INFRA);
+        }
+    };
+    let code = runtime.block_on(dispatch(cli));
+    // Do not wait for stray blocking tasks (an abandoned image build holds its own lock).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
+}
+
+async fn dispatch(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Run(args) => {
+            // Reject bad input before touching QEMU, images or the registry.
+            let request = match run::build_request(&args) {
+                Ok(r) => r,
+                Err(run::UsageError(msg)) => {
+                    eprintln!("sbx: {msg}");
+                    return exit::USAGE;
+                }
+            };
+            if let Err(e) = sandbox::validate(&request) {
+                return run::report_error(&sandbox::Error::Invalid(e), args.json);
+            }
+            let scheduler = match scheduler().await {
+                Ok(s) => s,
+                Err(e) => return run::report_error(&e, args.json),
+            };
+            let interrupts = match install_interrupts(&scheduler) {
+                Ok(i) => i,
+                Err(code) => return code,
+            };
+            let code = run::run(args, scheduler.clone(), request, interrupts).await;
+            scheduler.shutdown().await;
+            code
+        }
+        Command::Doctor(args) => doctor::doctor(args).await,
+        Command::Images { command } => images_cmd::images(command).await,
+        Command::Bench(args) => {
+            let scheduler = match scheduler().await {
+                Ok(s) => s,
+                Err(e) => return run::report_error(&e, false),
+            };
+            let interrupts = match install_interrupts(&scheduler) {
+                Ok(i) => i,
+                Err(code) => return code,
+            };
+            tokio::select! {
+                code = bench::bench(args, scheduler.clone()) => code,
+                _ = interrupts.first() => exit::INTERRUPTED,
+            }
+        }
+    }
+}
+
+async fn scheduler() -> Result<sandbox::Scheduler, sandbox::Error> {
+    let config = sandbox::Config::from_env()?;
+    sandbox::Scheduler::new(config).await
+}
+
+fn install_interrupts(scheduler: &sandbox::Scheduler) -> Result<signals::Interrupts, i32> {
+    let registry = scheduler.registry().clone();
+    signals::Interrupts::install(move || registry.kill_all()).map_err(|e| {
+        eprintln!("sbx: cannot install signal handlers: {e}");
+        exit::INFRA
+    })
+}

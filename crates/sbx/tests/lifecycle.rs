@@ -1,0 +1,57 @@
+//! Process ownership as a user sees it: interrupts and a killed `sbx` leave no QEMU behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Sbx;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Waits until the run's QEMU exists, so the signal lands mid-run.
+fn wait_for_vm(sbx: &Sbx) {
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while sbx.leftover_processes().iter().all(|p| !p.contains("qemu")) {
+        assert!(std::time::Instant::now() < until, "no QEMU appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctrl_c_cancels_and_cleans_up() {
+    let sbx = Sbx::new();
+    let child = sbx.spawn(&["run", "-t", "60", "import time; time.sleep(60)"]);
+    wait_for_vm(&sbx);
+    std::thread::sleep(Duration::from_secs(2));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    sbx.assert_clean();
+}
+
+#[test]
+fn sigkill_of_sbx_takes_its_vm_down() {
+    let sbx = Sbx::new();
+    let mut child = sbx.spawn(&["run", "-t", "60", "import time; time.sleep(60)"]);
+    wait_for_vm(&sbx);
+    std::thread::sleep(Duration::from_secs(1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = sbx.wait_no_processes(Duration::from_secs(5));
+    assert!(left.is_empty(), "QEMU outlived a killed sbx: {left:?}");
+    // The next start reaps what the killed process could not remove.
+    let out = sbx.run(&["run", "-l", "raw", "echo next"]);
+    assert_eq!(common::stdout(&out), "next\n");
+    sbx.assert_clean();
+}
+
+#[test]
+fn doctor_explains_the_accelerator() {
+    let sbx = Sbx::new();
+    let out = sbx.run(&["doctor"]);
+    let text = common::stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", common::stderr(&out));
+    assert!(text.contains("QEMU"), "{text}");
+    assert!(text.contains("accelerator"), "{text}");
+    assert!(text.contains("why"), "{text}");
+}

@@ -1,0 +1,75 @@
+//! Bad input is refused with the usage status before any VM starts. `SBX_QEMU` points at a
+//! file that does not exist, so reaching QEMU at all would give a different status.
+
+mod common;
+
+use common::{stderr, Sbx};
+
+fn rejected(args: &[&str], needle: &str) {
+    let sbx = Sbx::new();
+    let out = sbx
+        .cmd()
+        .env("SBX_QEMU", "/nonexistent/qemu")
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains(needle),
+        "{args:?}: {:?} lacks {needle:?}",
+        stderr(&out)
+    );
+    assert!(sbx.leftover_files().is_empty());
+}
+
+#[test]
+fn bad_code_is_rejected() {
+    rejected(&["run", ""], "code");
+    rejected(&["run", "  \n\t "], "empty");
+    rejected(&["run", "-c", "print(1)\0"], "NUL");
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.py");
+    std::fs::write(&big, "#".repeat(1024 * 1024 + 1)).unwrap();
+    rejected(&["run", big.to_str().unwrap()], "limit");
+    let nul = dir.path().join("nul.py");
+    std::fs::write(&nul, b"print(1)\0").unwrap();
+    rejected(&["run", nul.to_str().unwrap()], "NUL");
+}
+
+#[test]
+fn bad_env_is_rejected() {
+    rejected(&["run", "-e", "LD_PRELOAD=x", "print(1)"], "LD_PRELOAD");
+    rejected(
+        &["run", "-e", "A=line\nbreak", "print(1)"],
+        "control character",
+    );
+    rejected(
+        &["run", "-e", "A=\u{1b}[31m", "print(1)"],
+        "control character",
+    );
+    rejected(&["run", "-e", "NOEQUALS", "print(1)"], "KEY=VALUE");
+    rejected(&["run", "-e", "1A=x", "print(1)"], "1A");
+}
+
+#[test]
+fn bad_limits_are_rejected() {
+    rejected(&["run", "-t", "0", "print(1)"], "timeout");
+    rejected(&["run", "-t", "301", "print(1)"], "timeout");
+    rejected(&["run", "-t", "nan", "print(1)"], "timeout");
+    rejected(&["run", "-m", "64", "print(1)"], "memory");
+    rejected(&["run", "-l", "cobol", "print(1)"], "cobol");
+}
+
+#[test]
+fn json_errors_are_typed() {
+    let sbx = Sbx::new();
+    let out = sbx
+        .cmd()
+        .args(["run", "--json", "-t", "0", "print(1)"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "invalid_request");
+    assert_eq!(v["error"]["retry_safe"], false);
+}

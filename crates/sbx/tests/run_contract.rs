@@ -1,0 +1,272 @@
+//! The execution contract (DESIGN.md §5), checked against the built `sbx` binary booting
+//! real microVMs. These tests build the guest images on first use (as root).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{stderr, stdout, Sbx};
+
+#[test]
+fn python_prints_and_exits_zero() {
+    let sbx = Sbx::new();
+    let out = sbx.run(&["run", "print(6*7)"]);
+    assert_eq!(stdout(&out), "42\n", "stderr: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0));
+    sbx.assert_clean();
+}
+
+#[test]
+fn typescript_runs_under_javascript() {
+    let sbx = Sbx::new();
+    let out = sbx.run(&[
+        "run",
+        "-l",
+        "javascript",
+        "const x: number = 5; console.log(x * 2)",
+    ]);
+    assert_eq!(stdout(&out), "10\n", "stderr: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn raw_runs_bash_as_user() {
+    let sbx = Sbx::new();
+    let out = sbx.run(&[
+        "run",
+        "-l",
+        "raw",
+        "echo hi | tr a-z A-Z; whoami; pwd; id -u",
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "HI\nuser\n/home/user\n1000\n",
+        "stderr: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn language_is_inferred_from_the_file() {
+    let sbx = Sbx::new();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, code, want) in [
+        (
+            "script.py",
+            "import sys\nprint(sys.version_info[0])\n",
+            "3\n",
+        ),
+        (
+            "main.ts",
+            "const n: number = 2 ** 5;\nconsole.log(n)\n",
+            "32\n",
+        ),
+        ("job.sh", "echo $((6*7))\n", "42\n"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, code).unwrap();
+        let out = sbx.run(&["run", path.to_str().unwrap()]);
+        assert_eq!(stdout(&out), want, "{name}: {}", stderr(&out));
+    }
+    // `-` reads the code from stdin.
+    let mut child = sbx
+        .cmd()
+        .args(["run", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"print('from stdin')")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&out), "from stdin\n");
+}
+
+#[test]
+fn output_is_byte_exact() {
+    let sbx = Sbx::new();
+    let out = sbx.run(&["run", "print('abc', end='')"]);
+    assert_eq!(out.stdout, b"abc");
+    let out = sbx.run(&[
+        "run",
+        "import sys; sys.stdout.write('a' * 65535 + '€' * 1000); sys.stdout.write('\\r\\nend')",
+    ]);
+    let text = String::from_utf8(out.stdout.clone()).expect("valid UTF-8");
+    assert_eq!(text.matches('€').count(), 1000);
+    assert_eq!(text.matches('a').count(), 65535);
+    assert!(!text.contains('\u{fffd}'));
+    assert!(text.ends_with("\r\nend"));
+    // Invalid UTF-8 passes through untouched.
+    let out = sbx.run(&[
+        "run",
+        "import sys; sys.stdout.buffer.write(b'\\xff\\xfe\\x00ok')",
+    ]);
+    assert_eq!(out.stdout, b"\xff\xfe\x00ok");
+}
+
+#[test]
+fn large_javascript_line_arrives_whole_every_time() {
+    let sbx = Sbx::new();
+    for i in 0..10 {
+        let out = sbx.run(&[
+            "run",
+            "-l",
+            "javascript",
+            "console.log(\"x\".repeat(200000))",
+        ]);
+        assert_eq!(
+            out.stdout.len(),
+            200_001,
+            "run {i}: stderr {}",
+            stderr(&out)
+        );
+        assert!(out.stdout[..200_000].iter().all(|&b| b == b'x'));
+        assert_eq!(out.stdout[200_000], b'\n');
+    }
+}
+
+#[test]
+fn stdout_is_capped_and_exit_code_kept() {
+    let sbx = Sbx::new();
+    let (code, json, _) = sbx.run_json(&[
+        "import sys\nsys.stdout.write('y' * 2_000_000)\nsys.stdout.flush()\nsys.exit(3)",
+    ]);
+    assert_eq!(code, 3);
+    assert_eq!(json["exit_code"], 3);
+    assert_eq!(json["stdout_truncated"], true);
+    assert_eq!(json["stdout"].as_str().unwrap().len(), 1024 * 1024);
+    // Without --json the stream itself stops at the cap.
+    let out = sbx.run(&["run", "print('z' * 2_000_000)"]);
+    assert_eq!(out.stdout.len(), 1024 * 1024);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn exit_codes_follow_unix_conventions() {
+    let sbx = Sbx::new();
+    let out = sbx.run(&["run", "import sys; sys.exit(3)"]);
+    assert_eq!(out.status.code(), Some(3));
+    let out = sbx.run(&["run", "import sys; sys.exit('bad')"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bad"));
+    let out = sbx.run(&["run", "print('x', flush=True); import os; os._exit(42)"]);
+    assert_eq!(out.status.code(), Some(42));
+    assert_eq!(stdout(&out), "x\n");
+    let out = sbx.run(&[
+        "run",
+        "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
+    ]);
+    assert_eq!(out.status.code(), Some(139));
+    let out = sbx.run(&["run", "-l", "raw", "kill -KILL $$"]);
+    assert_eq!(out.status.code(), Some(137));
+    let out = sbx.run(&["run", "-l", "javascript", "process.exit(7)"]);
+    assert_eq!(out.status.code(), Some(7));
+    let out = sbx.run(&["run", "-l", "javascript", "throw new Error('boom')"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("boom"));
+}
+
+#[test]
+fn timeout_kills_and_keeps_earlier_output() {
+    for code in [
+        "import time\nprint('before', flush=True)\ntime.sleep(60)",
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('before', flush=True)\ntime.sleep(60)",
+    ] {
+        let sbx = Sbx::new();
+        let t = Instant::now();
+        let (status, json, _) = sbx.run_json(&["-t", "2", code]);
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(12), "took {took:?}");
+        assert_eq!(status, 124);
+        assert_eq!(json["timed_out"], true);
+        assert_eq!(json["exit_code"], -1);
+        assert_eq!(json["stdout"], "before\n");
+        assert!(json["stderr"].as_str().unwrap().contains("timed out"));
+        sbx.assert_clean();
+    }
+}
+
+#[test]
+fn background_children_do_not_hold_the_run_open() {
+    let sbx = Sbx::new();
+    let t = Instant::now();
+    let out = sbx.run(&["run", "-l", "raw", "-t", "60", "sleep 100 & echo started"]);
+    assert_eq!(stdout(&out), "started\n");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn stdin_is_at_eof() {
+    let sbx = Sbx::new();
+    let (status, json, _) = sbx.run_json(&["input()"]);
+    assert_eq!(status, 1);
+    assert!(json["stderr"].as_str().unwrap().contains("EOFError"));
+    assert!(
+        json["timing"]["execute_ms"].as_u64().unwrap() < 2000,
+        "{json}"
+    );
+    let out = sbx.run(&["run", "-l", "raw", "read x; echo $?"]);
+    assert_eq!(stdout(&out), "1\n");
+}
+
+#[test]
+fn env_reaches_the_code() {
+    let sbx = Sbx::new();
+    let out = sbx.run(&[
+        "run",
+        "-e",
+        "GREETING=hello world",
+        "-e",
+        "N=€",
+        "import os; print(os.environ['GREETING'], os.environ['N'])",
+    ]);
+    assert_eq!(stdout(&out), "hello world €\n");
+}
+
+#[test]
+fn json_result_has_timings_and_accelerator() {
+    let sbx = Sbx::new();
+    let (status, json, _) = sbx.run_json(&["-l", "raw", "echo ok"]);
+    assert_eq!(status, 0);
+    assert_eq!(json["stdout"], "ok\n");
+    for key in [
+        "setup_ms",
+        "boot_ms",
+        "execute_ms",
+        "total_ms",
+        "boot_retries",
+    ] {
+        assert!(json["timing"][key].is_u64(), "timing.{key} in {json}");
+    }
+    assert!(
+        ["kvm", "tcg"].contains(&json["accelerator"].as_str().unwrap()),
+        "{json}"
+    );
+    assert_eq!(json["language"], "raw");
+}
+
+#[test]
+fn four_runs_at_once_all_succeed_and_leave_nothing() {
+    let sbx = Sbx::new();
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            sbx.spawn(&[
+                "run",
+                "-q",
+                &format!("import time; time.sleep(1); print({i})"),
+            ])
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(stdout(&out), format!("{i}\n"), "stderr: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(0));
+    }
+    sbx.assert_clean();
+}
