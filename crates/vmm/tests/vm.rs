@@ -1,6 +1,7 @@
-//! VM tests: boot real guests. They need images, located through
-//! `SBX_TEST_KERNEL`, `SBX_TEST_INITRAMFS` and (for agent boots) `SBX_TEST_ROOTFS`;
-//! without them each test prints "skipped: set SBX_TEST_*" and passes.
+//! VM tests: boot real guests from the images in the user cache (`sbx images build` puts
+//! them there; `scripts/test.sh` does so before the tests). `SBX_TEST_KERNEL`,
+//! `SBX_TEST_INITRAMFS` and `SBX_TEST_ROOTFS` point at other images instead. Missing images
+//! fail the tests: a VM test that silently skips proves nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,17 +17,13 @@ fn env_path(name: &str) -> Option<PathBuf> {
 }
 
 fn spec(with_rootfs: bool) -> Option<VmSpec> {
-    let (Some(kernel), Some(initramfs)) =
-        (env_path("SBX_TEST_KERNEL"), env_path("SBX_TEST_INITRAMFS"))
-    else {
-        eprintln!("skipped: set SBX_TEST_KERNEL and SBX_TEST_INITRAMFS");
-        return None;
-    };
-    let rootfs = env_path("SBX_TEST_ROOTFS");
-    if with_rootfs && rootfs.is_none() {
-        eprintln!("skipped: set SBX_TEST_ROOTFS");
-        return None;
-    }
+    let cached = images::ImageStore::open_default()
+        .and_then(|store| store.lookup(protocol::Language::Raw))
+        .expect("read the image cache")
+        .expect("guest images are not built: run `sbx images build` (scripts/test.sh does)");
+    let kernel = env_path("SBX_TEST_KERNEL").unwrap_or(cached.kernel);
+    let initramfs = env_path("SBX_TEST_INITRAMFS").unwrap_or(cached.initramfs);
+    let rootfs = with_rootfs.then(|| env_path("SBX_TEST_ROOTFS").unwrap_or(cached.rootfs));
     let qemu = vmm::find_qemu(None).expect("QEMU is installed where images are");
     let accelerator = match std::env::var("SBX_ACCEL").as_deref() {
         Ok("kvm") => Accelerator::Kvm,
