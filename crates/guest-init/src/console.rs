@@ -38,3 +38,28 @@ fn open() -> std::io::Result<std::fs::File> {
         .custom_flags(libc::O_NOCTTY)
         .open(CONSOLE)
 }
+
+static TRACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns on boot-stage tracing (kernel command line `sbx.debug=1`).
+pub fn enable_trace() {
+    TRACE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// With tracing on, writes the guest uptime and a boot stage, to see where boot time goes.
+pub fn trace(stage: &str) {
+    if !TRACE.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    line(&format!(
+        "sbx-init: {}.{:03} {stage}",
+        ts.tv_sec,
+        ts.tv_nsec / 1_000_000
+    ));
+}

@@ -28,6 +28,8 @@ use std::path::Path;
 /// The agent binary inside the initramfs (see docs/CONTRACTS.md).
 const AGENT_IN_INITRAMFS: &str = "/sbin/sbx-agent";
 const HOSTNAME: &str = "sandbox";
+/// Kernel command-line flag that makes init trace boot stages with timestamps on the console.
+const DEBUG_CMDLINE_FLAG: &str = "sbx.debug=1";
 
 fn main() {
     if let Err(e) = boot() {
@@ -39,7 +41,13 @@ fn main() {
 /// Everything up to and including running the agent. Returns when the agent has exited.
 fn boot() -> Result<(), InitError> {
     mounts::mount_fs("proc", "/proc", "proc", mounts::PSEUDO, None)?;
-    if probe_requested()? {
+    let cmdline =
+        std::fs::read_to_string("/proc/cmdline").map_err(InitError::io("read /proc/cmdline"))?;
+    let has_flag = |flag: &str| cmdline.split_whitespace().any(|arg| arg == flag);
+    if has_flag(DEBUG_CMDLINE_FLAG) {
+        console::enable_trace();
+    }
+    if has_flag(protocol::PROBE_CMDLINE_FLAG) {
         mounts::ensure_console()?;
         console::line(protocol::PROBE_MARKER);
         return Ok(());
@@ -53,10 +61,13 @@ fn boot() -> Result<(), InitError> {
         Some("mode=0755"),
     )?;
     console::attach_stdio();
+    console::trace("init started");
     mounts::mount_fs("sysfs", "/sys", "sysfs", mounts::PSEUDO, None)?;
     modules::load_all(Path::new(modules::MODULE_DIR));
+    console::trace("modules loaded");
     rootfs::prepare(Path::new(AGENT_IN_INITRAMFS))?;
     rootfs::switch()?;
+    console::trace("root switched");
     // Neither is fatal: code that needs 127.0.0.1 or the hostname fails visibly, the rest runs.
     if let Err(e) = net::loopback_up() {
         console::line(&format!("sbx-init: {e}"));
@@ -64,13 +75,6 @@ fn boot() -> Result<(), InitError> {
     if let Err(e) = nix::unistd::sethostname(HOSTNAME) {
         console::line(&format!("sbx-init: sethostname: {e}"));
     }
+    console::trace("starting agent");
     supervise::run_agent(Path::new(rootfs::AGENT_PATH))
-}
-
-fn probe_requested() -> Result<bool, InitError> {
-    let cmdline =
-        std::fs::read_to_string("/proc/cmdline").map_err(InitError::io("read /proc/cmdline"))?;
-    Ok(cmdline
-        .split_whitespace()
-        .any(|arg| arg == protocol::PROBE_CMDLINE_FLAG))
 }

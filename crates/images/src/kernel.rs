@@ -25,6 +25,9 @@ pub(crate) struct KernelBuild {
     pub load_order: Vec<String>,
 }
 
+/// The uncompressed ELF kernel QEMU boots through its PVH entry (see `vmlinux`).
+pub(crate) const VMLINUX: &str = "vmlinux";
+
 /// Downloads and unpacks the kernel package into `out` (`vmlinuz`, `modules/*.ko`,
 /// `modules/load-order`), using `work` for scratch files.
 pub(crate) fn build_kernel(
@@ -65,6 +68,12 @@ pub(crate) fn build_kernel(
         reason,
     })?;
     fs::write(out.join("vmlinuz"), &bz).map_err(ImageError::io("write", out.join("vmlinuz")))?;
+    progress.stage(IMAGE, "extracting vmlinux for a PVH boot");
+    let elf = crate::vmlinux::extract(&bz).map_err(|reason| ImageError::InvalidBinary {
+        what: format!("{} (payload)", vmlinuz.display()),
+        reason,
+    })?;
+    fs::write(out.join(VMLINUX), &elf).map_err(ImageError::io("write", out.join(VMLINUX)))?;
 
     progress.stage(IMAGE, "selecting modules");
     let mod_root = tree.join("lib/modules").join(&kernel_release);

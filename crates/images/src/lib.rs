@@ -25,6 +25,7 @@ mod initramfs;
 mod kernel;
 mod recipe;
 mod rootfs;
+mod vmlinux;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -189,7 +190,7 @@ impl ImageStore {
         };
         Ok(Some(GuestImages {
             language: lang,
-            kernel: kernel.join("vmlinuz"),
+            kernel: kernel.join(kernel::VMLINUX),
             initramfs: initramfs.join("initramfs.cpio"),
             rootfs: rootfs.join("rootfs.erofs"),
             key: recipe::combined_key(lang, guest_hashes()),
@@ -205,7 +206,7 @@ impl ImageStore {
         };
         // The initramfs key already covers the kernel key.
         Ok(Some(BootImages {
-            kernel: kernel.join("vmlinuz"),
+            kernel: kernel.join(kernel::VMLINUX),
             initramfs: initramfs.join("initramfs.cpio"),
             key: recipe::key(Kind::Initramfs, guest_hashes()),
         }))

@@ -19,6 +19,13 @@ use cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // Reports piped into `head` and the like should end quietly when the reader goes
+        // away, as Unix tools do. `run` keeps SIGPIPE ignored: it must outlive a closed
+        // stdout long enough to stop its VM, and it ignores write errors instead.
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // Two workers are plenty: the work is waiting on QEMU. The runtime's threads live as long
     // as the process, which keeps PR_SET_PDEATHSIG (tied to the spawning thread) meaningful.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
