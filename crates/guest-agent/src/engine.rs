@@ -79,6 +79,7 @@ pub fn run(job: &Job, sink: &mut dyn FnMut(GuestMessage) -> io::Result<()>) -> i
     };
     let started = Instant::now();
     let spawn_ms = millis(started.duration_since(job.received));
+    let oom_kills_before = oom_kills();
     let result = supervise(job, &mut child, started, sink);
     // Whatever happened, nothing of this run may outlive it. If the main process is still
     // unreaped (sink failure), SIGKILL got it and this wait returns at once.
@@ -94,14 +95,25 @@ pub fn run(job: &Job, sink: &mut dyn FnMut(GuestMessage) -> io::Result<()>) -> i
             job.uid
         );
     }
+    let mut notes = String::new();
+    if oom_kills() > oom_kills_before {
+        // Otherwise a memory-hungry program just dies with 137 and no word as to why.
+        notes.push_str(&format!(
+            "\n[sandbox] out of memory: the kernel killed a process of this run (the VM has {} MiB; ask for more memory)\n",
+            memory_mib()
+        ));
+    }
     if timed_out {
-        let note = format!(
+        notes.push_str(&format!(
             "\n[sandbox] execution timed out after {}\n",
             seconds(job.timeout)
-        );
+        ));
+    }
+    if !notes.is_empty() {
+        // Sent past the cap on purpose: the note must arrive even when the code filled it.
         sink(GuestMessage::Output {
             stream: Stream::Stderr,
-            data: note.into_bytes(),
+            data: notes.into_bytes(),
         })?;
     }
     sink(GuestMessage::Completed(Completion {
@@ -115,6 +127,48 @@ pub fn run(job: &Job, sink: &mut dyn FnMut(GuestMessage) -> io::Result<()>) -> i
 }
 
 type Supervised = (Option<ExitStatus>, bool, bool, bool);
+
+/// The kernel's count of OOM kills so far (`oom_kill` in /proc/vmstat); 0 if unreadable.
+fn oom_kills() -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Memory the guest kernel manages, in MiB (a little under what the VM was given).
+fn memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                let kb: u64 = l
+                    .strip_prefix("MemTotal:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some(kb / 1024)
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Pipe capacity for the code's output: as large as the stdout cap.
+const PIPE_CAPACITY: libc::c_int = 1 << 20;
+
+/// Runtimes that make stdout non-blocking (Bun, Node) drop whatever the pipe cannot take
+/// at the moment they exit (`process.exit()` right after a big write). A pipe as large as
+/// the output cap lets such a write complete at once. Best effort: a smaller pipe still
+/// works for everything else.
+fn enlarge_pipe(file: &File) {
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we own; no memory is passed.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_CAPACITY) };
+}
 
 /// The poll loop: forwards output, watches the deadline and the main process.
 fn supervise(
@@ -134,6 +188,9 @@ fn supervise(
             Pump::new(Stream::Stderr, job.stderr_cap),
         ),
     ];
+    for file in pipes.iter().filter_map(|(p, _)| p.as_ref()) {
+        enlarge_pipe(file);
+    }
     // Without a pidfd (kernels before 5.3) we fall back to checking every few ms.
     let pidfd = pidfd_open(child.id()).ok();
     let mut status: Option<ExitStatus> = None;

@@ -7,13 +7,23 @@ use guest_agent::{code, kill};
 use protocol::{Completion, GuestMessage, Stream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const TEST_UID: u32 = 31337;
 
-/// Tests share the uid, and each run kills all of its processes: run them one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Tests share the uid, and each run kills all of its processes: run them one at a time,
+/// across processes too (nextest runs every test in its own process), hence a file lock.
+fn serial() -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("guest-agent-engine-tests.lock"))
+        .expect("open the test lock file");
+    lock.lock().expect("take the test lock");
+    lock
+}
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 struct Outcome {
@@ -63,7 +73,7 @@ fn job(program: &str, script: &Path, timeout: Duration) -> Job {
 }
 
 fn exec_with(program: &str, ext: &str, code: &str, tweak: impl FnOnce(&mut Job)) -> Outcome {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let scratch =
         Scratch(std::env::temp_dir().join(format!("guest-agent-test-{}-{n}", std::process::id())));

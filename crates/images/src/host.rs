@@ -96,7 +96,7 @@ pub(crate) fn tail(bytes: &[u8], max_lines: usize) -> String {
 /// [`ImageError::BuildStep`] naming `image` and `step`, with the stderr tail attached.
 /// Returns stdout.
 pub(crate) fn run(image: &str, step: &str, cmd: &mut Command) -> Result<Vec<u8>, ImageError> {
-    let output = cmd.stdin(Stdio::null()).output().map_err(|e| {
+    let output = contained(cmd).stdin(Stdio::null()).output().map_err(|e| {
         ImageError::step(
             image,
             step,
@@ -119,6 +119,54 @@ pub(crate) fn run(image: &str, step: &str, cmd: &mut Command) -> Result<Vec<u8>,
         })
     }
 }
+
+/// The same command, set up so that it and everything it starts die with this process:
+/// a build tool (mmdebstrap, dpkg inside a chroot) must not keep writing into the cache
+/// after `sbx` is killed. As root the command runs as PID 1 of its own PID namespace
+/// (`unshare --kill-child`), so the kernel kills the whole tree when it goes; otherwise
+/// only the direct child is tied to us. Its own process group keeps a terminal's Ctrl+C
+/// away from it: `sbx` decides how to stop a build.
+fn contained(cmd: &Command) -> Command {
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut outer = if as_root && Path::new(UNSHARE).exists() {
+        let mut c = Command::new(UNSHARE);
+        c.args(["--pid", "--fork", "--kill-child", "--"])
+            .arg(cmd.get_program());
+        c
+    } else {
+        Command::new(cmd.get_program())
+    };
+    outer.args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => outer.env(key, v),
+            None => outer.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        outer.current_dir(dir);
+    }
+    use std::os::unix::process::CommandExt;
+    outer.process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, kill) between fork and exec.
+    unsafe {
+        outer.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+    outer
+}
+
+/// util-linux's `unshare`, present on every Debian system.
+const UNSHARE: &str = "/usr/bin/unshare";
 
 fn display_cmd(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();

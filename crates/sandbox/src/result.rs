@@ -23,13 +23,13 @@ pub struct Timing {
 /// The outcome of running code to completion (or to its timeout).
 ///
 /// `stdout` and `stderr` are the exact bytes the program wrote, up to the caps. In JSON they
-/// appear as UTF-8 text, with any invalid sequence replaced by U+FFFD.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// appear as UTF-8 text; when the bytes are not valid UTF-8 (binary output, or a character
+/// cut in half by the cap), the text has U+FFFD in their place and `stdout_base64` /
+/// `stderr_base64` carry the exact bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecutionResult {
     pub language: Language,
-    #[serde(serialize_with = "as_text")]
     pub stdout: Vec<u8>,
-    #[serde(serialize_with = "as_text")]
     pub stderr: Vec<u8>,
     /// The program's exit status; 128+N when killed by signal N; −1 on timeout.
     pub exit_code: i32,
@@ -53,8 +53,35 @@ impl ExecutionResult {
     }
 }
 
-fn as_text<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&String::from_utf8_lossy(bytes))
+impl Serialize for ExecutionResult {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        use serde::ser::SerializeStruct;
+        let exact = |bytes: &[u8]| {
+            std::str::from_utf8(bytes)
+                .is_err()
+                .then(|| base64::engine::general_purpose::STANDARD.encode(bytes))
+        };
+        let stdout_base64 = exact(&self.stdout);
+        let stderr_base64 = exact(&self.stderr);
+        let mut st = s.serialize_struct("ExecutionResult", 11)?;
+        st.serialize_field("language", &self.language)?;
+        st.serialize_field("stdout", &self.stdout_text())?;
+        st.serialize_field("stderr", &self.stderr_text())?;
+        if let Some(b) = &stdout_base64 {
+            st.serialize_field("stdout_base64", b)?;
+        }
+        if let Some(b) = &stderr_base64 {
+            st.serialize_field("stderr_base64", b)?;
+        }
+        st.serialize_field("exit_code", &self.exit_code)?;
+        st.serialize_field("timed_out", &self.timed_out)?;
+        st.serialize_field("stdout_truncated", &self.stdout_truncated)?;
+        st.serialize_field("stderr_truncated", &self.stderr_truncated)?;
+        st.serialize_field("timing", &self.timing)?;
+        st.serialize_field("accelerator", &self.accelerator)?;
+        st.end()
+    }
 }
 
 /// A piece of output, delivered while the code runs. Bytes are exactly as written; a
@@ -118,6 +145,33 @@ fn incomplete_tail(bytes: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn result(stdout: &[u8]) -> ExecutionResult {
+        ExecutionResult {
+            language: Language::Python,
+            stdout: stdout.to_vec(),
+            stderr: Vec::new(),
+            exit_code: 0,
+            timed_out: false,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            timing: Timing::default(),
+            accelerator: Accelerator::Tcg,
+        }
+    }
+
+    #[test]
+    fn json_is_text_plus_exact_bytes_when_needed() {
+        let v = serde_json::to_value(result("€ ok\n".as_bytes())).unwrap();
+        assert_eq!(v["stdout"], "€ ok\n");
+        assert!(v.get("stdout_base64").is_none());
+        assert_eq!(v["language"], "python");
+        assert_eq!(v["accelerator"], "tcg");
+        let v = serde_json::to_value(result(b"\xff\x00a\xe2\x82")).unwrap();
+        assert_eq!(v["stdout"], "\u{fffd}\u{0}a\u{fffd}");
+        assert_eq!(v["stdout_base64"], "/wBh4oI=");
+        assert!(v.get("stderr_base64").is_none());
+    }
 
     #[test]
     fn chunker_reassembles_every_split() {

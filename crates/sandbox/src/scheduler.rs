@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use protocol::{Completion, ExecRequest, GuestMessage, HostMessage, Language, Stream};
 use tokio::sync::{OnceCell, Semaphore};
-use vmm::{AccelVerdict, QemuInfo, Registry, Vm, VmSpec};
+use vmm::{AccelChoice, AccelVerdict, Accelerator, QemuInfo, Registry, Vm, VmSpec};
 
 use crate::config::Config;
 use crate::error::{Error, PermanentError, TransientError};
@@ -48,7 +48,12 @@ impl Scheduler {
     /// Images are built (or checked) on first use, not here.
     pub async fn new(config: Config) -> Result<Scheduler, Error> {
         let qemu = vmm::find_qemu(config.qemu.as_deref()).map_err(PermanentError::Qemu)?;
-        let registry = Arc::new(Registry::open(&config.runtime_dir).map_err(PermanentError::Qemu)?);
+        let registry = Arc::new(Registry::open(&config.runtime_dir).map_err(|e| {
+            PermanentError::Config(format!(
+                "runtime dir {} (set SBX_RUNTIME_DIR to move it): {e}",
+                config.runtime_dir.display()
+            ))
+        })?);
         let images = images::ImageStore::new(config.cache_dir.clone());
         let slots = Semaphore::new(config.max_concurrent_vms.max(1));
         Ok(Scheduler {
@@ -126,8 +131,30 @@ impl Scheduler {
                 )
                 .await
             })
+            .await
+            .clone();
+        if verdict.accelerator == Accelerator::Kvm
+            && inner.config.accelerator == AccelChoice::Force(Accelerator::Kvm)
+        {
+            // Forcing KVM skips the probe, but a KVM that cannot boot a guest makes every
+            // boot hang until its timeout. The probe (cached after the first time) tells us
+            // up front, so fail at once with its reason instead.
+            let probed = vmm::probe_accelerator(
+                &inner.qemu,
+                &boot.kernel,
+                &boot.initramfs,
+                &inner.config.cache_dir,
+                AccelChoice::Auto,
+            )
             .await;
-        Ok(verdict.clone())
+            if let Some(why) = probed.kvm_rejected_because {
+                return Err(PermanentError::Config(format!(
+                    "SBX_ACCEL=kvm, but KVM cannot boot a guest on this host: {why}; unset SBX_ACCEL or set it to tcg"
+                ))
+                .into());
+            }
+        }
+        Ok(verdict)
     }
 
     /// Runs code to completion and returns its result.

@@ -48,9 +48,9 @@ pub enum ValidationError {
     EmptyCode,
     #[error("code: contains a NUL byte at offset {offset}")]
     NulInCode { offset: usize },
-    #[error("code: is {len} bytes, over the {max}-byte limit")]
+    #[error("code: is over the {max}-byte limit ({len} bytes read)")]
     CodeTooLarge { len: usize, max: usize },
-    #[error("timeout: {given_ms} ms is outside the accepted range {min_s}..={max_s} s")]
+    #[error("timeout: {}.{:03} s is outside the accepted range {min_s}..={max_s} s", given_ms / 1000, given_ms % 1000)]
     Timeout {
         given_ms: u128,
         min_s: u64,

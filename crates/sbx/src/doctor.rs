@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use sandbox::images::ImageStore;
-use sandbox::{vmm, Config, Language};
+use sandbox::{vmm, AccelChoice, Config, Language};
 
 use crate::exit;
 
@@ -55,15 +55,32 @@ pub async fn doctor(args: crate::cli::DoctorArgs) -> i32 {
     }
     let (accelerator, accelerator_note) = match (&qemu, store.lookup_boot()) {
         (Some(q), Ok(Some(boot))) => {
+            // Always show what the probe finds, even when SBX_ACCEL forces a choice: a forced
+            // KVM that the probe rejects is the first thing to know about.
             let verdict = vmm::probe_accelerator(
                 q,
                 &boot.kernel,
                 &boot.initramfs,
                 &config.cache_dir,
-                config.accelerator,
+                AccelChoice::Auto,
             )
             .await;
-            (Some(verdict), None)
+            let note = match config.accelerator {
+                AccelChoice::Force(forced) if forced != verdict.accelerator => Some(format!(
+                    "SBX_ACCEL forces {forced:?}, but the probe chose {:?}: runs {}",
+                    verdict.accelerator,
+                    if forced == sandbox::Accelerator::Kvm {
+                        "fail at once"
+                    } else {
+                        "are slower"
+                    }
+                )),
+                AccelChoice::Force(forced) => {
+                    Some(format!("SBX_ACCEL forces {forced:?}, as the probe would"))
+                }
+                AccelChoice::Auto => None,
+            };
+            (Some(verdict), note)
         }
         (None, _) => (None, Some("no QEMU: cannot probe".to_string())),
         (_, Err(e)) => (None, Some(format!("cannot read the image cache: {e}"))),
@@ -120,7 +137,7 @@ fn kvm_device_state() -> String {
 }
 
 fn print_text(r: &Report) {
-    let line = |k: &str, v: &str| println!("{k:<13} {v}");
+    let line = |k: &str, v: &str| println!("{k:<17} {v}");
     match (&r.qemu, &r.qemu_error) {
         (Some(q), _) => line("QEMU", q),
         (None, Some(e)) => line("QEMU", &format!("MISSING: {e}")),
@@ -141,6 +158,9 @@ fn print_text(r: &Report) {
             line("  why", &v.reason);
             if let Some(why) = &v.kvm_rejected_because {
                 line("  KVM", &format!("rejected: {why}"));
+            }
+            if let Some(note) = &r.accelerator_note {
+                line("  note", note);
             }
         }
         None => line(

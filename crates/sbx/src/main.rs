@@ -51,9 +51,12 @@ async fn dispatch(cli: Cli) -> i32 {
             // Reject bad input before touching QEMU, images or the registry.
             let request = match run::build_request(&args) {
                 Ok(r) => r,
-                Err(run::UsageError(msg)) => {
+                Err(run::InputError::Usage(msg)) => {
                     eprintln!("sbx: {msg}");
                     return exit::USAGE;
+                }
+                Err(run::InputError::Invalid(e)) => {
+                    return run::report_error(&sandbox::Error::Invalid(e), args.json)
                 }
             };
             if let Err(e) = sandbox::validate(&request) {

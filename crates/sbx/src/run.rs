@@ -12,17 +12,32 @@ use crate::exit;
 use crate::progress::BuildProgress;
 use crate::signals::Interrupts;
 
-/// A command-line problem found before any request exists.
+/// A problem with the command line or the code it names, found before any request exists.
 #[derive(Debug)]
-pub struct UsageError(pub String);
+pub enum InputError {
+    /// The arguments themselves are wrong.
+    Usage(String),
+    /// The code is unacceptable (reported like any other validation error).
+    Invalid(sandbox::ValidationError),
+}
+
+fn usage(msg: impl Into<String>) -> InputError {
+    InputError::Usage(msg.into())
+}
 
 /// Turns the arguments into a request; nothing runs yet.
-pub fn build_request(args: &RunArgs) -> Result<RunRequest, UsageError> {
+pub fn build_request(args: &RunArgs) -> Result<RunRequest, InputError> {
     let (code, inferred) = read_code(args)?;
     let language = args.language.or(inferred).unwrap_or(Language::Python);
-    if !args.timeout.is_finite() || args.timeout < 0.0 {
-        return Err(UsageError(format!(
-            "--timeout {}: not a number of seconds",
+    if args.timeout.is_nan() || args.timeout.is_infinite() {
+        return Err(usage(format!(
+            "--timeout {}: not a finite number of seconds",
+            args.timeout
+        )));
+    }
+    if args.timeout < 0.0 {
+        return Err(usage(format!(
+            "--timeout {}: must not be negative",
             args.timeout
         )));
     }
@@ -30,7 +45,7 @@ pub fn build_request(args: &RunArgs) -> Result<RunRequest, UsageError> {
     for item in &args.env {
         let (k, v) = item
             .split_once('=')
-            .ok_or_else(|| UsageError(format!("--env {item:?}: expected KEY=VALUE")))?;
+            .ok_or_else(|| usage(format!("--env {item:?}: expected KEY=VALUE")))?;
         env.push((k.to_string(), v.to_string()));
     }
     // Durations past the allowed maximum saturate rather than overflow; validation rejects them.
@@ -41,38 +56,83 @@ pub fn build_request(args: &RunArgs) -> Result<RunRequest, UsageError> {
         .env(env))
 }
 
-fn read_code(args: &RunArgs) -> Result<(String, Option<Language>), UsageError> {
+fn read_code(args: &RunArgs) -> Result<(String, Option<Language>), InputError> {
     match (&args.source, args.code.is_empty()) {
-        (Some(_), false) => Err(UsageError(
-            "give the code with -c or as FILE/-/CODE, not both".into(),
-        )),
-        (None, true) => Err(UsageError(
-            "no code: pass CODE, a FILE, `-` for stdin, or -c CODE".into(),
+        (Some(_), false) => Err(usage("give the code with -c or as FILE/-/CODE, not both")),
+        (None, true) => Err(usage(
+            "no code: pass CODE, a FILE, `-` for stdin, or -c CODE",
         )),
         (None, false) => Ok((args.code.join("\n"), None)),
         (Some(src), true) if src == "-" => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .map_err(|e| UsageError(format!("reading stdin: {e}")))?;
-            let code = String::from_utf8(bytes)
-                .map_err(|_| UsageError("stdin is not UTF-8 text".into()))?;
+            let code = read_bounded(std::io::stdin().lock(), "stdin")?;
             Ok((code, None))
         }
         (Some(src), true) => {
             let path = Path::new(src);
-            // A positional argument naming an existing file is that file; anything else is code.
-            if src.len() < 4096 && !src.contains('\n') && path.is_file() {
-                let bytes =
-                    std::fs::read(path).map_err(|e| UsageError(format!("reading {src}: {e}")))?;
-                let code = String::from_utf8(bytes)
-                    .map_err(|_| UsageError(format!("{src} is not UTF-8 text")))?;
-                Ok((code, language_for_path(path)))
+            let exists = src.len() < 4096 && !src.contains('\n') && path.symlink_metadata().is_ok();
+            if exists {
+                Ok((read_file(path)?, language_for_path(path)))
+            } else if looks_like_path(src) {
+                Err(usage(format!(
+                    "{src}: no such file (use -c to pass code that looks like a path)"
+                )))
             } else {
                 Ok((src.clone(), None))
             }
         }
     }
+}
+
+/// True for arguments that are far more likely a mistyped file name than code: no spaces
+/// or shell/code punctuation, and a directory separator or a known source extension.
+fn looks_like_path(s: &str) -> bool {
+    const CODE_CHARS: &str = "()'\";=<>|&$`{}[]!*?#,+";
+    !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || CODE_CHARS.contains(c))
+        && (s.contains('/') || language_for_path(Path::new(s)).is_some())
+}
+
+fn read_file(path: &Path) -> Result<String, InputError> {
+    let name = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| usage(format!("{name}: {e}")))?;
+    if meta.is_dir() {
+        return Err(usage(format!("{name}: is a directory")));
+    }
+    if !meta.is_file() {
+        return Err(usage(format!("{name}: not a regular file")));
+    }
+    let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+    if len > sandbox::MAX_CODE_BYTES {
+        return Err(InputError::Invalid(
+            sandbox::ValidationError::CodeTooLarge {
+                len,
+                max: sandbox::MAX_CODE_BYTES,
+            },
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| usage(format!("{name}: {e}")))?;
+    read_bounded(file, &name.to_string())
+}
+
+/// Reads at most one byte past the code limit, so an endless or huge input is refused
+/// without being held in memory.
+fn read_bounded(reader: impl Read, what: &str) -> Result<String, InputError> {
+    let mut bytes = Vec::new();
+    reader
+        .take(sandbox::MAX_CODE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| usage(format!("reading {what}: {e}")))?;
+    if bytes.len() > sandbox::MAX_CODE_BYTES {
+        return Err(InputError::Invalid(
+            sandbox::ValidationError::CodeTooLarge {
+                len: bytes.len(),
+                max: sandbox::MAX_CODE_BYTES,
+            },
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| usage(format!("{what} is not UTF-8 text")))
 }
 
 /// The language a file's extension implies.
@@ -93,22 +153,32 @@ pub async fn run(
     interrupts: Interrupts,
 ) -> i32 {
     let quiet = args.quiet || args.json;
-    if scheduler.config().offline {
-        // Let the run itself report what is missing.
-    } else if let Err(e) = scheduler
-        .ensure_images(&[request.language], Arc::new(BuildProgress::new(quiet)))
-        .await
-    {
-        return report_error(&e, args.json);
+    // Offline, the run itself reports what is missing.
+    if !scheduler.config().offline {
+        let progress = Arc::new(BuildProgress::new(quiet));
+        let languages = [request.language];
+        tokio::select! {
+            built = scheduler.ensure_images(&languages, progress) => {
+                if let Err(e) = built {
+                    return report_error(&e, args.json);
+                }
+            }
+            // The build runs on a blocking thread that cannot be cancelled; exiting takes
+            // its subprocesses down with us and a later build starts over cleanly.
+            _ = interrupts.first() => return interrupted(args.json, quiet),
+        }
     }
 
     let json = args.json;
+    // Write errors (a closed pipe, a full disk) must not abort the run: the result still
+    // counts. The first one is reported at the end.
+    let write_failure = std::sync::Arc::new(std::sync::Mutex::new(None::<std::io::Error>));
+    let failures = write_failure.clone();
     let on_output = move |chunk: sandbox::OutputChunk| {
         if json {
             return;
         }
-        // Write errors (a closed pipe) must not abort the run; the result still counts.
-        let _ = match chunk.stream {
+        let written = match chunk.stream {
             Stream::Stdout => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(&chunk.data).and_then(|_| out.flush())
@@ -118,21 +188,38 @@ pub async fn run(
                 err.write_all(&chunk.data).and_then(|_| err.flush())
             }
         };
+        if let (Err(e), Ok(mut slot)) = (written, failures.lock()) {
+            if slot.is_none() && e.kind() != std::io::ErrorKind::BrokenPipe {
+                *slot = Some(e);
+            }
+        }
     };
     let outcome = tokio::select! {
         outcome = scheduler.run_streaming(request, on_output) => outcome,
         _ = interrupts.first() => {
             // The run future is dropped here, which kills its VM and removes its files.
-            if !quiet {
-                eprintln!("sbx: interrupted");
-            }
-            return exit::INTERRUPTED;
+            return interrupted(args.json, quiet);
         }
     };
     match outcome {
         Ok(result) => {
             if args.json {
-                print_json(&result);
+                if let Err(e) = print_json(&result) {
+                    eprintln!("sbx: writing the JSON result: {e}");
+                    return exit::INFRA;
+                }
+            } else if !quiet {
+                for (cut, name, cap) in [
+                    (result.stdout_truncated, "stdout", sandbox::STDOUT_CAP),
+                    (result.stderr_truncated, "stderr", sandbox::STDERR_CAP),
+                ] {
+                    if cut {
+                        eprintln!("sbx: {name} was cut at its {} KiB cap", cap / 1024);
+                    }
+                }
+            }
+            if let Some(e) = write_failure.lock().ok().and_then(|mut f| f.take()) {
+                eprintln!("sbx: some output could not be written: {e}");
             }
             exit::for_result(&result)
         }
@@ -140,16 +227,29 @@ pub async fn run(
     }
 }
 
-fn print_json<T: serde::Serialize>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
-        Err(e) => eprintln!("sbx: cannot encode JSON: {e}"),
+fn print_json<T: serde::Serialize>(value: &T) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// Reports a cancelled run: a JSON error object with `--json`, a line otherwise.
+pub fn interrupted(json: bool, quiet: bool) -> i32 {
+    if json {
+        report_error(&sandbox::Error::Cancelled, true)
+    } else {
+        if !quiet {
+            eprintln!("sbx: interrupted");
+        }
+        exit::INTERRUPTED
     }
 }
 
 pub fn report_error(err: &sandbox::Error, json: bool) -> i32 {
     if json {
-        print_json(&serde_json::json!({
+        let _ = print_json(&serde_json::json!({
             "error": {
                 "kind": err.kind(),
                 "message": err.to_string(),

@@ -55,3 +55,50 @@ fn doctor_explains_the_accelerator() {
     assert!(text.contains("accelerator"), "{text}");
     assert!(text.contains("why"), "{text}");
 }
+
+#[test]
+fn interrupted_json_run_reports_a_cancelled_error() {
+    let sbx = Sbx::new();
+    let child = sbx.spawn(&["run", "--json", "-t", "60", "import time; time.sleep(60)"]);
+    wait_for_vm(&sbx);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON error object");
+    assert_eq!(v["error"]["kind"], "cancelled");
+    assert_eq!(v["error"]["code_may_have_run"], true);
+    sbx.assert_clean();
+}
+
+/// Forcing KVM on a host whose KVM the probe rejected fails at once, saying why; where
+/// KVM works, forcing it simply runs.
+#[test]
+fn forced_kvm_follows_the_probe() {
+    let sbx = Sbx::new();
+    let doctor = sbx.run(&["doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let rejected = !report["accelerator"]["kvm_rejected_because"].is_null();
+    let started = std::time::Instant::now();
+    let out = sbx
+        .cmd()
+        .env("SBX_ACCEL", "kvm")
+        .args(["run", "-l", "raw", "echo ok"])
+        .output()
+        .unwrap();
+    if rejected {
+        assert_eq!(out.status.code(), Some(125));
+        assert!(
+            common::stderr(&out).contains("SBX_ACCEL=kvm"),
+            "{}",
+            common::stderr(&out)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+    } else {
+        assert_eq!(common::stdout(&out), "ok\n", "{}", common::stderr(&out));
+    }
+    sbx.assert_clean();
+}

@@ -92,3 +92,54 @@ fn json_errors_are_typed() {
     assert_eq!(v["error"]["kind"], "invalid_request");
     assert_eq!(v["error"]["retry_safe"], false);
 }
+
+#[test]
+fn endless_stdin_is_refused_without_reading_it_all() {
+    let sbx = Sbx::new();
+    let mut child = sbx
+        .cmd()
+        .env("SBX_QEMU", "/nonexistent/qemu")
+        .args(["run", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Like `yes 'print(1)' | sbx run -`: the writer only stops when sbx closes the pipe.
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let line = b"print(1)\n".repeat(4096);
+        for _ in 0..100_000 {
+            if stdin.write_all(&line).is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("limit"), "{}", stderr(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(writer.join().unwrap(), "sbx read the whole endless input");
+}
+
+#[test]
+fn huge_and_odd_files_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = dir.path().join("sparse.py");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(5 << 30)
+        .unwrap();
+    let started = std::time::Instant::now();
+    rejected(&["run", sparse.to_str().unwrap()], "limit");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the size was not checked first"
+    );
+    rejected(&["run", dir.path().to_str().unwrap()], "is a directory");
+    rejected(&["run", "/dev/zero"], "not a regular file");
+    rejected(&["run", "no_such_script.py"], "no such file");
+    rejected(&["run", "./missing/job.sh"], "no such file");
+}

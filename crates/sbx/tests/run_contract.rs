@@ -270,3 +270,67 @@ fn four_runs_at_once_all_succeed_and_leave_nothing() {
     }
     sbx.assert_clean();
 }
+
+#[test]
+fn javascript_exit_right_after_a_big_write_keeps_every_byte() {
+    let sbx = Sbx::new();
+    let out = sbx.run(&[
+        "run",
+        "-l",
+        "javascript",
+        "process.stdout.write(\"x\".repeat(1e6)); process.exit(0)",
+    ]);
+    assert_eq!(out.stdout.len(), 1_000_000, "stderr: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn running_out_of_memory_says_so() {
+    let sbx = Sbx::new();
+    let (status, json, _) = sbx.run_json(&[
+        "-m",
+        "128",
+        "x = []\nwhile True:\n    x.append(' ' * 10**6)",
+    ]);
+    assert_eq!(status, 137, "{json}");
+    assert!(
+        json["stderr"].as_str().unwrap().contains("out of memory"),
+        "{json}"
+    );
+}
+
+#[test]
+fn json_carries_exact_bytes_of_non_utf8_output() {
+    let sbx = Sbx::new();
+    let (status, json, _) =
+        sbx.run_json(&["import sys; sys.stdout.buffer.write(bytes(range(256)) + b'\\xe2\\x82')"]);
+    assert_eq!(status, 0);
+    let b64 = json["stdout_base64"]
+        .as_str()
+        .expect("stdout_base64 for invalid UTF-8");
+    let mut want: Vec<u8> = (0..=255u8).collect();
+    want.extend([0xe2, 0x82]);
+    assert_eq!(decode_base64(b64), want);
+    assert!(json.get("stderr_base64").is_none());
+}
+
+/// Standard base64 without padding errors tolerated; enough for test data.
+fn decode_base64(s: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = ALPHABET
+            .iter()
+            .position(|&a| a == c)
+            .expect("base64 alphabet") as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}
