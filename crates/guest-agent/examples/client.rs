@@ -44,6 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             stdout_cap: 1 << 20,
             stderr_cap: 100 << 10,
             unix_time_ms,
+            extension: None,
             entropy: vec![0x5a; 32],
         };
         let sent = Instant::now();

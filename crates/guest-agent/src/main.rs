@@ -55,7 +55,13 @@ fn exec(chan: &mut Channel, req: ExecRequest) -> Result<(), ChannelError> {
     if let Err(e) = host_state::add_entropy(&req.entropy) {
         eprintln!("sbx-agent: adding entropy: {e}");
     }
-    let (program, ext) = interpreter(req.language);
+    let (program, default_ext) = interpreter(req.language);
+    // The host validated it; checking again keeps a bad one from naming an odd file.
+    let ext = req
+        .extension
+        .as_deref()
+        .filter(|e| req.language.extensions().contains(e))
+        .unwrap_or(default_ext);
     let script = match code::write(Path::new(CODE_DIR), ext, &req.code) {
         Ok(path) => path,
         Err(e) => {

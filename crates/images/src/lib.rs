@@ -260,6 +260,11 @@ impl ImageStore {
             host::require_tools(&tools)?;
 
             let _lock = self.lock(progress)?;
+            // Holding the lock, no build is in progress: any temp dir is what a killed build
+            // left behind (hundreds of MiB). Clear it before adding more.
+            for leftover in self.list()?.iter().filter(|e| e.kind == "partial-build") {
+                host::remove_build_dir(&leftover.path)?;
+            }
             // Re-check under the lock: another process may have built entries while we waited.
             for kind in needed.iter().copied() {
                 if self.present(kind).is_none() {

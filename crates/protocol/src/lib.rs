@@ -23,7 +23,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape. The agent reports it in [`GuestMessage::Ready`];
 /// the host refuses an agent that speaks another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest body a frame may carry. Code is capped at 1 MiB and output chunks at
 /// [`MAX_CHUNK`], so anything larger is corruption, not data.
@@ -67,6 +67,16 @@ impl Language {
         }
     }
 
+    /// File extensions the guest accepts for this language's code file, the default first.
+    /// The extension decides how the runtime reads the code (Bun: TypeScript, JSX, ESM).
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            Language::Python => &["py"],
+            Language::Javascript => &["ts", "tsx", "js", "jsx", "mjs", "cjs", "mts", "cts"],
+            Language::Raw => &["sh", "bash"],
+        }
+    }
+
     /// Parses the names accepted by [`Language::name`] plus common aliases.
     pub fn from_name(name: &str) -> Option<Language> {
         match name.to_ascii_lowercase().as_str() {
@@ -107,6 +117,8 @@ pub struct ExecRequest {
     /// Guest wall-clock time to set before running, as Unix milliseconds, so the guest
     /// clock is right even when the VM was booted (or restored) long ago.
     pub unix_time_ms: u64,
+    /// Extension for the code file, one of [`Language::extensions`]; `None` for the default.
+    pub extension: Option<String>,
     /// Fresh host entropy to mix into the guest's pool before running.
     #[serde(with = "serde_bytes")]
     pub entropy: Vec<u8>,
@@ -248,6 +260,7 @@ mod tests {
             stdout_cap: 1 << 20,
             stderr_cap: 100 << 10,
             unix_time_ms: 1_700_000_000_000,
+            extension: Some("tsx".into()),
             entropy: vec![7; 32],
         })
     }

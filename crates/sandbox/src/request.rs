@@ -31,6 +31,10 @@ pub struct RunRequest {
     pub memory_mb: u32,
     /// Extra environment variables for the code, in order.
     pub env: Vec<(String, String)>,
+    /// Extension of the code file in the guest, one of [`Language::extensions`] (for
+    /// JavaScript it picks TypeScript, JSX or a module flavour); `None` for the default
+    /// (`.py`, `.ts`, `.sh`).
+    pub extension: Option<String>,
 }
 
 impl RunRequest {
@@ -41,6 +45,7 @@ impl RunRequest {
             timeout: DEFAULT_TIMEOUT,
             memory_mb: DEFAULT_MEMORY_MB,
             env: Vec::new(),
+            extension: None,
         }
     }
 
@@ -56,6 +61,11 @@ impl RunRequest {
 
     pub fn env(mut self, env: Vec<(String, String)>) -> Self {
         self.env = env;
+        self
+    }
+
+    pub fn extension(mut self, extension: impl Into<String>) -> Self {
+        self.extension = Some(extension.into());
         self
     }
 }

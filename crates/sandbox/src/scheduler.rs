@@ -286,6 +286,7 @@ async fn execute(
             .duration_since(UNIX_EPOCH)
             .map(millis)
             .unwrap_or(0),
+        extension: request.extension.clone(),
         entropy: rand::random::<[u8; 32]>().to_vec(),
     };
     vm.send(&HostMessage::Exec(exec))

@@ -58,6 +58,12 @@ pub enum ValidationError {
     },
     #[error("memory: {given} MiB is outside the accepted range {min}..={max} MiB")]
     Memory { given: u32, min: u32, max: u32 },
+    #[error("extension: {given:?} is not one of {allowed:?} for {language}")]
+    Extension {
+        given: String,
+        language: protocol::Language,
+        allowed: &'static [&'static str],
+    },
     #[error("env: {count} variables, over the limit of {max}")]
     TooManyEnvVars { count: usize, max: usize },
     #[error("env: name {name:?} is invalid: {reason}")]
@@ -77,6 +83,7 @@ impl ValidationError {
             Self::EmptyCode | Self::NulInCode { .. } | Self::CodeTooLarge { .. } => "code",
             Self::Timeout { .. } => "timeout",
             Self::Memory { .. } => "memory",
+            Self::Extension { .. } => "extension",
             Self::TooManyEnvVars { .. }
             | Self::EnvName { .. }
             | Self::EnvBlocked { .. }
@@ -91,6 +98,16 @@ pub fn validate(req: &RunRequest) -> Result<(), ValidationError> {
     validate_code(&req.code)?;
     validate_timeout(req.timeout)?;
     validate_memory(req.memory_mb)?;
+    if let Some(ext) = &req.extension {
+        let allowed = req.language.extensions();
+        if !allowed.contains(&ext.as_str()) {
+            return Err(ValidationError::Extension {
+                given: ext.clone(),
+                language: req.language,
+                allowed,
+            });
+        }
+    }
     validate_env(&req.env)
 }
 
@@ -306,6 +323,17 @@ mod tests {
             validate(&req("1").env(env(&[("_A1", "x"), ("B", "")]))),
             Ok(())
         );
+    }
+
+    #[test]
+    fn extensions_must_fit_the_language() {
+        assert_eq!(validate(&req("1").extension("py")), Ok(()));
+        let js = RunRequest::new(Language::Javascript, "1").extension("tsx");
+        assert_eq!(validate(&js), Ok(()));
+        for bad in ["ts", "../x", "", "PY"] {
+            let err = validate(&req("1").extension(bad)).unwrap_err();
+            assert_eq!(err.field(), "extension", "{bad}");
+        }
     }
 
     #[test]

@@ -27,8 +27,15 @@ fn usage(msg: impl Into<String>) -> InputError {
 
 /// Turns the arguments into a request; nothing runs yet.
 pub fn build_request(args: &RunArgs) -> Result<RunRequest, InputError> {
-    let (code, inferred) = read_code(args)?;
+    let (code, path) = read_code(args)?;
+    let inferred = path.as_deref().and_then(language_for_path);
     let language = args.language.or(inferred).unwrap_or(Language::Python);
+    // A file keeps its extension in the guest when it suits the language, so that Bun
+    // reads `.jsx`/`.tsx`/`.mjs` files as what they are.
+    let extension = path
+        .as_deref()
+        .and_then(|p| p.extension()?.to_str().map(str::to_ascii_lowercase))
+        .filter(|e| language.extensions().contains(&e.as_str()));
     if args.timeout.is_nan() || args.timeout.is_infinite() {
         return Err(usage(format!(
             "--timeout {}: not a finite number of seconds",
@@ -50,13 +57,16 @@ pub fn build_request(args: &RunArgs) -> Result<RunRequest, InputError> {
     }
     // Durations past the allowed maximum saturate rather than overflow; validation rejects them.
     let timeout = Duration::try_from_secs_f64(args.timeout).unwrap_or(Duration::MAX);
-    Ok(RunRequest::new(language, code)
+    let mut request = RunRequest::new(language, code)
         .timeout(timeout)
         .memory_mb(args.memory)
-        .env(env))
+        .env(env);
+    request.extension = extension;
+    Ok(request)
 }
 
-fn read_code(args: &RunArgs) -> Result<(String, Option<Language>), InputError> {
+/// The code, and the file it came from, if any.
+fn read_code(args: &RunArgs) -> Result<(String, Option<std::path::PathBuf>), InputError> {
     match (&args.source, args.code.is_empty()) {
         (Some(_), false) => Err(usage("give the code with -c or as FILE/-/CODE, not both")),
         (None, true) => Err(usage(
@@ -71,7 +81,7 @@ fn read_code(args: &RunArgs) -> Result<(String, Option<Language>), InputError> {
             let path = Path::new(src);
             let exists = src.len() < 4096 && !src.contains('\n') && path.symlink_metadata().is_ok();
             if exists {
-                Ok((read_file(path)?, language_for_path(path)))
+                Ok((read_file(path)?, Some(path.to_path_buf())))
             } else if looks_like_path(src) {
                 Err(usage(format!(
                     "{src}: no such file (use -c to pass code that looks like a path)"

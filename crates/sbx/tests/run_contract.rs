@@ -68,6 +68,20 @@ fn language_is_inferred_from_the_file() {
         let out = sbx.run(&["run", path.to_str().unwrap()]);
         assert_eq!(stdout(&out), want, "{name}: {}", stderr(&out));
     }
+    // JavaScript files keep their flavour: JSX, ES modules.
+    for (name, code, want) in [
+        (
+            "view.tsx",
+            "/** @jsxRuntime classic */\n/** @jsx h */\nfunction h(tag: string) { return tag; }\nconsole.log(<section/>);\n",
+            "section\n",
+        ),
+        ("mod.mjs", "export const x = 1;\nconsole.log(import.meta.url.endsWith('.mjs'))\n", "true\n"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, code).unwrap();
+        let out = sbx.run(&["run", path.to_str().unwrap()]);
+        assert_eq!(stdout(&out), want, "{name}: {}", stderr(&out));
+    }
     // `-` reads the code from stdin.
     let mut child = sbx
         .cmd()
