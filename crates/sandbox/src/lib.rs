@@ -42,3 +42,8 @@ pub use vmm::{AccelChoice, AccelVerdict, Accelerator};
 /// The parts this library is built on, for tools (such as `sbx doctor`) that report on them.
 pub use images;
 pub use vmm;
+
+/// The README's Rust examples, compiled so they cannot drift from the API.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
