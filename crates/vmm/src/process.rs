@@ -37,7 +37,7 @@ pub fn spawn_owned(program: &Path, args: &[OsString], stderr_log: &Path) -> io::
         .process_group(0)
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and only calls
-    // async-signal-safe functions (prctl, getppid) without allocating.
+    // async-signal-safe functions (prctl, getppid, setrlimit) without allocating.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(
@@ -53,6 +53,15 @@ pub fn spawn_owned(program: &Path, args: &[OsString], stderr_log: &Path) -> io::
             // The parent may have died between fork and prctl; then no signal will come.
             if libc::getppid() != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // A crashing QEMU must not write the guest's memory (the user's data) to a
+            // core file on the host.
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0 {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });

@@ -140,6 +140,16 @@ async fn boots_to_ready_and_detects_frozen_and_dead_qemu() {
     let mut vm = Vm::boot(&spec, &reg).await.unwrap();
     eprintln!("ready after {:?}", vm.boot_time());
     let pid = vm.pid();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().nth(4),
+        Some("0"),
+        "QEMU may dump core: {core}"
+    );
     kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
     let err = tokio::time::timeout(Duration::from_secs(2), vm.recv())
         .await
