@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use sandbox::images::ImageStore;
-use sandbox::{vmm, AccelChoice, Config, Language};
+use sandbox::{vmm, AccelChoice, Language};
 
 use crate::exit;
 
@@ -31,12 +31,9 @@ struct ImageLine {
 }
 
 pub async fn doctor(args: crate::cli::DoctorArgs) -> i32 {
-    let config = match Config::from_env() {
+    let config = match crate::config() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("sbx: {e}");
-            return exit::INFRA;
-        }
+        Err(code) => return code,
     };
     let store = ImageStore::new(config.cache_dir.clone());
     let (qemu, qemu_error) = match vmm::find_qemu(config.qemu.as_deref()) {

@@ -3,19 +3,16 @@
 use std::sync::Arc;
 
 use sandbox::images::ImageStore;
-use sandbox::{Config, Language};
+use sandbox::Language;
 
 use crate::cli::ImagesCommand;
 use crate::exit;
 use crate::progress::BuildProgress;
 
 pub async fn images(command: ImagesCommand) -> i32 {
-    let config = match Config::from_env() {
+    let config = match crate::config() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("sbx: {e}");
-            return exit::INFRA;
-        }
+        Err(code) => return code,
     };
     let store = ImageStore::new(config.cache_dir.clone());
     match command {

@@ -93,6 +93,14 @@ async fn dispatch(cli: Cli) -> i32 {
     }
 }
 
+/// The configuration, or the exit status after reporting why there is none.
+fn config() -> Result<sandbox::Config, i32> {
+    sandbox::Config::from_env().map_err(|e| {
+        eprintln!("sbx: {e}");
+        exit::INFRA
+    })
+}
+
 async fn scheduler() -> Result<sandbox::Scheduler, sandbox::Error> {
     let config = sandbox::Config::from_env()?;
     sandbox::Scheduler::new(config).await

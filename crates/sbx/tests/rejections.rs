@@ -28,22 +28,11 @@ fn bad_code_is_rejected() {
     rejected(&["run", "  \n\t "], "empty");
     // argv cannot carry a NUL byte, so it arrives through stdin or a file.
     let sbx = Sbx::new();
-    let mut child = sbx
-        .cmd()
-        .env("SBX_QEMU", "/nonexistent/qemu")
-        .args(["run", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"print(1)\0")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = sbx.run_with_stdin(
+        &["run", "-"],
+        &[("SBX_QEMU", "/nonexistent/qemu")],
+        b"print(1)\0",
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("NUL"), "{}", stderr(&out));
     let dir = tempfile::tempdir().unwrap();

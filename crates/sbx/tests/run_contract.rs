@@ -83,21 +83,7 @@ fn language_is_inferred_from_the_file() {
         assert_eq!(stdout(&out), want, "{name}: {}", stderr(&out));
     }
     // `-` reads the code from stdin.
-    let mut child = sbx
-        .cmd()
-        .args(["run", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"print('from stdin')")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = sbx.run_with_stdin(&["run", "-"], &[], b"print('from stdin')");
     assert_eq!(stdout(&out), "from stdin\n");
 }
 

@@ -48,6 +48,25 @@ impl Sbx {
         (out.status.code().unwrap_or(-1), value, out)
     }
 
+    /// Runs `sbx <args>` with `input` on its stdin (and `env` set).
+    pub fn run_with_stdin(&self, args: &[&str], env: &[(&str, &str)], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cmd()
+            .envs(env.iter().copied())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sbx");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // sbx may stop reading early (input over the limit): a closed pipe is expected then.
+        let _ = stdin.write_all(input);
+        drop(stdin);
+        child.wait_with_output().expect("wait for sbx")
+    }
+
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.cmd()
             .args(args)
