@@ -102,3 +102,17 @@ fn forced_kvm_follows_the_probe() {
     }
     sbx.assert_clean();
 }
+
+#[test]
+fn second_ctrl_c_kills_everything_at_once() {
+    let sbx = Sbx::new();
+    let child = sbx.spawn(&["run", "-t", "60", "import time; time.sleep(60)"]);
+    wait_for_vm(&sbx);
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGINT).unwrap();
+    kill(pid, Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let left = sbx.wait_no_processes(Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:?}");
+}
