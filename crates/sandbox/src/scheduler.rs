@@ -107,7 +107,8 @@ impl Scheduler {
         {
             Some(b) => b,
             None => {
-                self.ensure_images(&[Language::Raw], Arc::new(images::NoProgress))
+                // No languages: only the kernel and initramfs the probe boots.
+                self.ensure_images(&[], Arc::new(images::NoProgress))
                     .await?;
                 self.inner
                     .images
