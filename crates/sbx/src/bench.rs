@@ -199,7 +199,21 @@ fn print_table(series: &[Series]) {
             native.map_or("-".to_string(), ratio),
         );
     }
+    if let Some(python) = series.iter().find(|s| s.name == "cold python") {
+        if !floor.is_zero() {
+            let ratio = python.percentile(0.5).as_secs_f64() / floor.as_secs_f64();
+            let verdict = if ratio <= PYTHON_TARGET {
+                "met"
+            } else {
+                "NOT met"
+            };
+            println!("target: cold python p50 within {PYTHON_TARGET}× the floor: {verdict} ({ratio:.2}×)");
+        }
+    }
 }
+
+/// The cold-start goal: a Python run costs at most this multiple of a bare boot.
+const PYTHON_TARGET: f64 = 1.6;
 
 #[cfg(test)]
 mod tests {
