@@ -125,6 +125,9 @@ fn environment(extra: Vec<(String, String)>) -> Vec<(String, String)> {
         ("PATH", "/usr/local/bin:/usr/bin:/bin"),
         ("LANG", "C.UTF-8"),
         ("PYTHONDONTWRITEBYTECODE", "1"),
+        // Output must stream and survive a timeout or a kill; a pipe would otherwise make
+        // Python hold it in a block buffer until exit. A caller may set it back to "".
+        ("PYTHONUNBUFFERED", "1"),
         ("DO_NOT_TRACK", "1"),
     ];
     defaults

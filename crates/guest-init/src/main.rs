@@ -14,6 +14,7 @@
 
 mod console;
 mod error;
+mod harden;
 mod modules;
 mod mounts;
 mod net;
@@ -72,6 +73,7 @@ fn boot() -> Result<(), InitError> {
     if let Err(e) = net::loopback_up() {
         console::line(&format!("sbx-init: {e}"));
     }
+    harden::apply();
     if let Err(e) = nix::unistd::sethostname(HOSTNAME) {
         console::line(&format!("sbx-init: sethostname: {e}"));
     }

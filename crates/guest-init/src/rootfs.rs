@@ -2,7 +2,10 @@
 //!
 //! Layout after the switch: the language image (EROFS, read-only, nosuid) as `/`, tmpfs on
 //! `/home/user` (owned by the sandbox user), `/tmp` and `/run`, and `/dev`, `/proc`, `/sys`
-//! moved over from the initramfs. The agent is copied to `/run/sbx/agent` (root, 0700) so
+//! moved over from the initramfs. The tmpfs sizes add up to well under the guest's memory
+//! (home 25%, tmp 25%, shm 10%): tmpfs pages cannot be reclaimed by killing a process, so
+//! unbounded ones would let code fill memory until the kernel panics instead of the OOM
+//! killer ending the code. The agent is copied to `/run/sbx/agent` (root, 0700) so
 //! it runs inside the same root as the code, yet the code can neither read nor replace it.
 
 use crate::error::InitError;
@@ -31,10 +34,23 @@ pub fn prepare(agent: &Path) -> Result<(), InitError> {
         "/newroot/home/user",
         "tmpfs",
         SCRATCH,
-        Some("mode=0755,uid=1000,gid=1000"),
+        Some("mode=0755,uid=1000,gid=1000,size=25%"),
     )?;
-    mount_fs("tmpfs", "/newroot/tmp", "tmpfs", SCRATCH, Some("mode=1777"))?;
-    mount_fs("tmpfs", "/newroot/run", "tmpfs", SCRATCH, Some("mode=0755"))?;
+    mount_fs(
+        "tmpfs",
+        "/newroot/tmp",
+        "tmpfs",
+        SCRATCH,
+        Some("mode=1777,size=25%"),
+    )?;
+    // Holds only the agent and the code file (at most 1 MiB).
+    mount_fs(
+        "tmpfs",
+        "/newroot/run",
+        "tmpfs",
+        SCRATCH,
+        Some("mode=0755,size=16m"),
+    )?;
     install_agent(agent)?;
 
     move_mount("/dev", "/newroot/dev")?;
@@ -110,7 +126,7 @@ fn populate_dev() -> Result<(), InitError> {
         "/newroot/dev/shm",
         "tmpfs",
         SCRATCH,
-        Some("mode=1777"),
+        Some("mode=1777,size=10%"),
     )?;
     // gid 5 is Debian's tty group; /dev/ptmx (from devtmpfs) finds this instance via ../pts.
     mount_fs(

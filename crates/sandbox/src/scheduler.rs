@@ -292,7 +292,13 @@ async fn execute(
     };
     vm.send(&HostMessage::Exec(exec))
         .await
-        .map_err(TransientError::Dispatch)?;
+        .map_err(|e| match e {
+            // The request itself cannot be framed: retrying the same one cannot help.
+            vmm::ChannelError::Malformed(_) => Error::from(PermanentError::Internal(format!(
+                "the request cannot be sent: {e}"
+            ))),
+            other => TransientError::Dispatch(other).into(),
+        })?;
 
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();

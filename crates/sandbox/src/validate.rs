@@ -19,6 +19,9 @@ pub const MAX_MEMORY_MB: u32 = 16 * 1024;
 pub const MAX_ENV_VARS: usize = 128;
 pub const MAX_ENV_NAME_BYTES: usize = 128;
 pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+/// All names and values together: the guest's exec limit (`ARG_MAX`) is 2 MiB for
+/// arguments and environment, so this leaves ample room for the sandbox's own.
+pub const MAX_ENV_TOTAL_BYTES: usize = 512 * 1024;
 
 /// Variables that change how the loader, the shell or an interpreter starts. They are
 /// refused because they would let a caller's settings act on the sandbox's own launchers
@@ -37,6 +40,7 @@ const BLOCKED_ENV: &[&str] = &[
     "NODE_OPTIONS",
     "BUN_OPTIONS",
     "GCONV_PATH",
+    "GLIBC_TUNABLES",
     "MALLOC_CHECK_",
 ];
 const BLOCKED_ENV_PREFIXES: &[&str] = &["LD_", "BASH_FUNC_", "DYLD_"];
@@ -70,6 +74,8 @@ pub enum ValidationError {
     EnvName { name: String, reason: &'static str },
     #[error("env: {name} is not allowed (it changes how the sandbox's launchers start)")]
     EnvBlocked { name: String },
+    #[error("env: {total} bytes of names and values, over the {max}-byte total")]
+    EnvTooLarge { total: usize, max: usize },
     #[error("env: {name} is given more than once")]
     EnvDuplicate { name: String },
     #[error("env: value of {name} is invalid: {reason}")]
@@ -88,6 +94,7 @@ impl ValidationError {
             | Self::EnvName { .. }
             | Self::EnvBlocked { .. }
             | Self::EnvDuplicate { .. }
+            | Self::EnvTooLarge { .. }
             | Self::EnvValue { .. } => "env",
         }
     }
@@ -154,6 +161,13 @@ pub fn validate_env(env: &[(String, String)]) -> Result<(), ValidationError> {
         return Err(ValidationError::TooManyEnvVars {
             count: env.len(),
             max: MAX_ENV_VARS,
+        });
+    }
+    let total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if total > MAX_ENV_TOTAL_BYTES {
+        return Err(ValidationError::EnvTooLarge {
+            total,
+            max: MAX_ENV_TOTAL_BYTES,
         });
     }
     let mut seen = std::collections::HashSet::new();
@@ -349,6 +363,14 @@ mod tests {
             validate(&req("1").env(env(&[("A", "tab\there €")]))),
             Ok(())
         );
+        // Each value within its limit, all of them together over the total.
+        let many: Vec<(String, String)> = (0..MAX_ENV_VARS)
+            .map(|i| (format!("V{i}"), "v".repeat(MAX_ENV_VALUE_BYTES)))
+            .collect();
+        assert!(matches!(
+            validate(&req("1").env(many)),
+            Err(ValidationError::EnvTooLarge { .. })
+        ));
         let long = "x".repeat(MAX_ENV_VALUE_BYTES + 1);
         assert!(matches!(
             validate(&req("1").env(vec![("A".into(), long)])),

@@ -40,7 +40,9 @@ pub struct RunArgs {
     #[arg(short = 'c', long = "code", value_name = "CODE")]
     pub code: Vec<String>,
     /// A file to run, `-` for standard input, or the code itself.
-    #[arg(value_name = "FILE | - | CODE", allow_hyphen_values = true)]
+    /// (Code that starts with `-` goes after `--` or in `-c`, so that a mistyped flag is
+    /// an error, not code.)
+    #[arg(value_name = "FILE | - | CODE")]
     pub source: Option<String>,
     /// Timeout in seconds (1–300).
     #[arg(short, long, value_name = "SECONDS", default_value_t = 30.0)]

@@ -14,6 +14,9 @@ pub const INFRA: i32 = 125;
 pub const OUTCOME_UNKNOWN: i32 = 126;
 /// Interrupted by Ctrl+C (or SIGTERM/SIGHUP).
 pub const INTERRUPTED: i32 = 130;
+/// The reader of our output went away; the run was stopped (128 + SIGPIPE, as a shell
+/// reports a filter killed by a closed pipe).
+pub const BROKEN_PIPE: i32 = 141;
 
 /// The status for a library error.
 pub fn for_error(err: &sandbox::Error) -> i32 {

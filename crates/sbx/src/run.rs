@@ -184,6 +184,10 @@ pub async fn run(
     // counts. The first one is reported at the end.
     let write_failure = std::sync::Arc::new(std::sync::Mutex::new(None::<std::io::Error>));
     let failures = write_failure.clone();
+    // Whoever reads our output went away (`sbx run … | head`): stop the run, as a Unix
+    // filter would die of SIGPIPE, instead of computing output nobody will read.
+    let reader_gone = Arc::new(tokio::sync::Notify::new());
+    let gone = reader_gone.clone();
     let on_output = move |chunk: sandbox::OutputChunk| {
         if json {
             return;
@@ -198,10 +202,14 @@ pub async fn run(
                 err.write_all(&chunk.data).and_then(|_| err.flush())
             }
         };
-        if let (Err(e), Ok(mut slot)) = (written, failures.lock()) {
-            if slot.is_none() && e.kind() != std::io::ErrorKind::BrokenPipe {
-                *slot = Some(e);
+        match written {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => gone.notify_one(),
+            Err(e) => {
+                if let Ok(mut slot) = failures.lock() {
+                    slot.get_or_insert(e);
+                }
             }
+            Ok(()) => {}
         }
     };
     let outcome = tokio::select! {
@@ -210,6 +218,7 @@ pub async fn run(
             // The run future is dropped here, which kills its VM and removes its files.
             return interrupted(args.json, quiet);
         }
+        _ = reader_gone.notified() => return exit::BROKEN_PIPE,
     };
     match outcome {
         Ok(result) => {

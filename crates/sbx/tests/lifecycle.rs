@@ -116,3 +116,24 @@ fn second_ctrl_c_kills_everything_at_once() {
     let left = sbx.wait_no_processes(Duration::from_secs(5));
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn a_vanished_reader_stops_the_run() {
+    use std::io::Read;
+    let sbx = Sbx::new();
+    let mut child = sbx.spawn(&["run", "-t", "60", "-l", "raw", "yes"]);
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"y\ny\ny\ny\ny\n");
+    let started = std::time::Instant::now();
+    drop(stdout);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(141));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    sbx.assert_clean();
+}

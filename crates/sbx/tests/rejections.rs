@@ -132,3 +132,23 @@ fn huge_and_odd_files_are_refused_up_front() {
     rejected(&["run", "no_such_script.py"], "no such file");
     rejected(&["run", "./missing/job.sh"], "no such file");
 }
+
+#[test]
+fn mistyped_flags_are_usage_errors_not_code() {
+    rejected(&["run", "--verbose"], "--verbose");
+    rejected(&["run", "--bogus", "print(1)"], "--bogus");
+    rejected(&["run", "-l", "raw", "-x"], "-x");
+}
+
+#[test]
+fn environment_over_the_total_is_rejected() {
+    let value = format!("V={}", "v".repeat(32 * 1024));
+    let mut args = vec!["run".to_string()];
+    for i in 0..20 {
+        args.push("-e".into());
+        args.push(value.replacen("V=", &format!("V{i}="), 1));
+    }
+    args.push("print(1)".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    rejected(&args, "total");
+}

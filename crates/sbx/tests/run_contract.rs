@@ -334,3 +334,40 @@ fn decode_base64(s: &str) -> Vec<u8> {
     }
     out
 }
+
+#[test]
+fn python_output_streams_without_flushing() {
+    let sbx = Sbx::new();
+    let (status, json, _) =
+        sbx.run_json(&["-t", "2", "print('before')\nimport time\ntime.sleep(60)"]);
+    assert_eq!(status, 124);
+    assert_eq!(json["stdout"], "before\n");
+}
+
+#[test]
+fn filling_every_tmpfs_is_the_codes_problem_not_the_vms() {
+    let sbx = Sbx::new();
+    let (status, json, _) = sbx.run_json(&[
+        "-m",
+        "128",
+        "-l",
+        "raw",
+        "for d in /tmp /dev/shm /home/user; do head -c 60M /dev/zero > $d/f; done; echo survived",
+    ]);
+    // Either the writes hit the tmpfs limits or the OOM killer ends the shell; the VM
+    // itself must not fall over (that would be an "outcome unknown" error, not JSON).
+    assert!(json.get("error").is_none(), "{json}");
+    assert!(status == 0 || status == 137, "{status}: {json}");
+}
+
+#[test]
+fn guest_kernel_surface_is_reduced() {
+    let sbx = Sbx::new();
+    let out = sbx.run(&[
+        "run",
+        "-l",
+        "raw",
+        "cat /proc/sys/user/max_user_namespaces; unshare -Ur true 2>/dev/null && echo userns-open || echo userns-closed",
+    ]);
+    assert_eq!(stdout(&out), "0\nuserns-closed\n", "{}", stderr(&out));
+}
