@@ -28,7 +28,7 @@ use std::path::Path;
 
 /// The agent binary inside the initramfs (see docs/CONTRACTS.md).
 const AGENT_IN_INITRAMFS: &str = "/sbin/sbx-agent";
-const HOSTNAME: &str = "sandbox";
+const HOSTNAME: &str = protocol::GUEST_HOSTNAME;
 /// Kernel command-line flag that makes init trace boot stages with timestamps on the console.
 const DEBUG_CMDLINE_FLAG: &str = "sbx.debug=1";
 

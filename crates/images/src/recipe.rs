@@ -8,7 +8,7 @@ use protocol::Language;
 use sha2::{Digest, Sha256};
 
 /// Bumped whenever build logic changes what an artifact contains.
-pub const RECIPE_VERSION: u32 = 1;
+pub const RECIPE_VERSION: u32 = 2;
 
 /// Debian's cloud kernel, pinned by ABI package name (the revision apt offers for it is
 /// recorded in the manifest). The 6.1 series is the one PLATFORM-NOTES measured boots with.

@@ -99,6 +99,7 @@ pub(crate) fn build_rootfs(
 
     progress.stage(image, "adding user, trimming");
     add_user(&root)?;
+    name_the_host(&root)?;
     trim(&root)?;
     build.tree_bytes = host::disk_size(&root)?;
 
@@ -314,6 +315,24 @@ fn download_error(package: &str, version: &str, how: &str, e: ImageError) -> Ima
     }
 }
 
+/// Writes `/etc/hostname` and `/etc/hosts`. Without a hosts file `localhost` does not
+/// resolve at all (there is no DNS in the guest), and mmdebstrap copies the build host's
+/// name into `/etc/hostname`, which must not leak into the image.
+pub(crate) fn name_the_host(root: &Path) -> Result<(), ImageError> {
+    let name = protocol::GUEST_HOSTNAME;
+    for (rel, text) in [
+        ("etc/hostname", format!("{name}\n")),
+        (
+            "etc/hosts",
+            format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+        ),
+    ] {
+        let path = root.join(rel);
+        fs::write(&path, text).map_err(ImageError::io("write", &path))?;
+    }
+    Ok(())
+}
+
 /// Adds `user` (uid/gid 1000, home /home/user, shell /bin/bash) and the mount-point dirs.
 pub(crate) fn add_user(root: &Path) -> Result<(), ImageError> {
     use std::os::unix::fs::PermissionsExt;
@@ -337,6 +356,12 @@ pub(crate) fn add_user(root: &Path) -> Result<(), ImageError> {
     )?;
     append("etc/group", "user:x:1000:", "user:")?;
     append("etc/shadow", "user:!:19000:0:99999:7:::", "user:")?;
+    // Debian's own mode for the password database: root and group shadow (42) only.
+    let shadow = root.join("etc/shadow");
+    fs::set_permissions(&shadow, fs::Permissions::from_mode(0o640))
+        .map_err(ImageError::io("chmod", &shadow))?;
+    std::os::unix::fs::chown(&shadow, Some(0), Some(42))
+        .map_err(ImageError::io("chown", &shadow))?;
     let home = root.join("home/user");
     fs::create_dir_all(&home).map_err(ImageError::io("create dir", &home))?;
     fs::set_permissions(&home, fs::Permissions::from_mode(0o755))
@@ -433,6 +458,21 @@ mod tests {
         assert!(fs::read_to_string(root.join("etc/shadow"))
             .unwrap()
             .contains("user:!:"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(root.join("etc/shadow"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/hostname"), "buildhost\n").unwrap();
+        name_the_host(root).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("etc/hostname")).unwrap(),
+            "sandbox\n"
+        );
+        let hosts = fs::read_to_string(root.join("etc/hosts")).unwrap();
+        assert!(hosts.contains("127.0.0.1\tlocalhost\n") && hosts.contains("\tsandbox\n"));
         assert!(root.join("home/user").is_dir());
         for d in [
             "tmp",

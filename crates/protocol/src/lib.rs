@@ -42,6 +42,9 @@ pub const PROBE_CMDLINE_FLAG: &str = "sbx.probe=1";
 /// Line the init writes to the serial console in probe mode just before powering off.
 pub const PROBE_MARKER: &str = "SBX-PROBE-OK";
 
+/// The guest's host name: set by the init, and resolvable through the image's `/etc/hosts`.
+pub const GUEST_HOSTNAME: &str = "sandbox";
+
 /// The languages the guest can run.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]

@@ -224,7 +224,10 @@ pub async fn run(
         Ok(result) => {
             if args.json {
                 if let Err(e) = print_json(&result) {
-                    eprintln!("sbx: writing the JSON result: {e}");
+                    eprintln!(
+                        "sbx: the code ran (exit code {}), but its JSON result could not be written: {e}",
+                        result.exit_code
+                    );
                     return exit::INFRA;
                 }
             } else if !quiet {

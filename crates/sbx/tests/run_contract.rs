@@ -371,3 +371,18 @@ fn guest_kernel_surface_is_reduced() {
     ]);
     assert_eq!(stdout(&out), "0\nuserns-closed\n", "{}", stderr(&out));
 }
+
+#[test]
+fn localhost_and_the_guest_name_resolve() {
+    let sbx = Sbx::new();
+    let out = sbx.run(&[
+        "run",
+        "import socket\nname = socket.gethostname()\nprint(socket.gethostbyname('localhost'), name, open('/etc/hostname').read().strip(), socket.gethostbyname(name))",
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "127.0.0.1 sandbox sandbox 127.0.1.1\n",
+        "{}",
+        stderr(&out)
+    );
+}
