@@ -19,6 +19,13 @@ struct Series {
 }
 
 impl Series {
+    fn new(name: &str) -> Series {
+        Series {
+            name: name.to_string(),
+            samples: Vec::new(),
+        }
+    }
+
     fn percentile(&self, p: f64) -> Duration {
         let mut s = self.samples.clone();
         s.sort();
@@ -57,30 +64,49 @@ pub async fn bench(args: BenchArgs, scheduler: Scheduler) -> i32 {
         Err(e) => return crate::run::report_error(&e, false),
     };
     eprintln!(
-        "sbx bench: {runs} runs each, accelerator {:?}",
+        "sbx bench: {runs} interleaved rounds, accelerator {:?}",
         verdict.accelerator
     );
 
-    let mut series = Vec::new();
-    match floor(&scheduler, verdict.accelerator, runs).await {
-        Ok(s) => series.push(s),
+    // Rounds interleave every measurement, so that load from elsewhere on a shared
+    // machine lands on the baselines and the runs alike and the ratios stay meaningful.
+    let floor_spec = match floor_spec(&scheduler, verdict.accelerator) {
+        Ok(spec) => spec,
         Err(msg) => {
             eprintln!("sbx bench: boot floor: {msg}");
             return exit::INFRA;
         }
-    }
-    if let Some(native) = native_python(runs) {
-        series.push(native);
-    }
-    for lang in langs {
-        let mut samples = Vec::with_capacity(runs);
-        for i in 0..runs {
-            let req = RunRequest::new(lang, program(lang));
-            match scheduler.run(req).await {
-                Ok(r) if r.exit_code == 0 => samples.push(Duration::from_millis(r.timing.total_ms)),
+    };
+    let registry = scheduler.registry();
+    let mut floor = Series::new("floor (boot to power-off)");
+    let mut native = Some(Series::new("native python3 (host)"));
+    let mut cold: Vec<Series> = langs
+        .iter()
+        .map(|l| Series::new(&format!("cold {l}")))
+        .collect();
+    for round in 0..runs {
+        match vmm::boot_to_poweroff(&floor_spec, &registry).await {
+            Ok(d) => floor.samples.push(d),
+            Err(e) => {
+                eprintln!("sbx bench: boot floor: {e}");
+                return exit::INFRA;
+            }
+        }
+        // Without a host python3 the native baseline is left out, not faked.
+        native = native.and_then(|mut s| {
+            native_python().map(|d| {
+                s.samples.push(d);
+                s
+            })
+        });
+        for (lang, series) in langs.iter().zip(cold.iter_mut()) {
+            match scheduler.run(RunRequest::new(*lang, program(*lang))).await {
+                Ok(r) if r.exit_code == 0 => series
+                    .samples
+                    .push(Duration::from_millis(r.timing.total_ms)),
                 Ok(r) => {
                     eprintln!(
-                        "sbx bench: {lang} run {i} exited {}: {}",
+                        "sbx bench: {lang} run {round} exited {}: {}",
                         r.exit_code,
                         r.stderr_text()
                     );
@@ -89,11 +115,10 @@ pub async fn bench(args: BenchArgs, scheduler: Scheduler) -> i32 {
                 Err(e) => return crate::run::report_error(&e, false),
             }
         }
-        series.push(Series {
-            name: format!("cold {lang}"),
-            samples,
-        });
     }
+    let mut series = vec![floor];
+    series.extend(native);
+    series.extend(cold);
     print_table(&series);
     if let Some(path) = &args.json {
         let json: Vec<_> = series
@@ -112,17 +137,13 @@ pub async fn bench(args: BenchArgs, scheduler: Scheduler) -> i32 {
     0
 }
 
-async fn floor(
-    scheduler: &Scheduler,
-    accel: sandbox::Accelerator,
-    runs: usize,
-) -> Result<Series, String> {
+fn floor_spec(scheduler: &Scheduler, accel: sandbox::Accelerator) -> Result<vmm::VmSpec, String> {
     let store = ImageStore::new(scheduler.config().cache_dir.clone());
     let boot = store
         .lookup_boot()
         .map_err(|e| e.to_string())?
         .ok_or("boot images are missing")?;
-    let spec = vmm::VmSpec {
+    Ok(vmm::VmSpec {
         qemu: scheduler.qemu().clone(),
         accelerator: accel,
         kernel: boot.kernel,
@@ -132,40 +153,18 @@ async fn floor(
         vcpus: scheduler.config().vcpus,
         boot_timeout: scheduler.config().boot_timeout,
         extra_cmdline: Vec::new(),
-    };
-    let registry = scheduler.registry();
-    let mut samples = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        samples.push(
-            vmm::boot_to_poweroff(&spec, &registry)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    Ok(Series {
-        name: "floor (boot to power-off)".into(),
-        samples,
     })
 }
 
-fn native_python(runs: usize) -> Option<Series> {
-    let mut samples = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let t = Instant::now();
-        let status = std::process::Command::new("python3")
-            .args(["-c", "print(1)"])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        if !status.success() {
-            return None;
-        }
-        samples.push(t.elapsed());
-    }
-    Some(Series {
-        name: "native python3 (host)".into(),
-        samples,
-    })
+/// One native `python3 -c 'print(1)'` on the host; `None` when there is no python3.
+fn native_python() -> Option<Duration> {
+    let t = Instant::now();
+    let status = std::process::Command::new("python3")
+        .args(["-c", "print(1)"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    status.success().then(|| t.elapsed())
 }
 
 fn print_table(series: &[Series]) {
