@@ -2,10 +2,8 @@
 //!
 //! Layout after the switch: the language image (EROFS, read-only, nosuid) as `/`, tmpfs on
 //! `/home/user` (owned by the sandbox user), `/tmp` and `/run`, and `/dev`, `/proc`, `/sys`
-//! moved over from the initramfs. The tmpfs sizes add up to well under the guest's memory
-//! (home 25%, tmp 25%, shm 10%): tmpfs pages cannot be reclaimed by killing a process, so
-//! unbounded ones would let code fill memory until the kernel panics instead of the OOM
-//! killer ending the code. The agent is copied to `/run/sbx/agent` (root, 0700) so
+//! moved over from the initramfs. The writable tmpfs areas share a budget that leaves a
+//! fixed reserve of memory to the kernel, init and agent (see [`TmpfsBudget`]). The agent is copied to `/run/sbx/agent` (root, 0700) so
 //! it runs inside the same root as the code, yet the code can neither read nor replace it.
 
 use crate::error::InitError;
@@ -29,19 +27,23 @@ pub fn prepare(agent: &Path) -> Result<(), InitError> {
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
     mount_fs(ROOT_DISK, NEWROOT, "erofs", ro, None)?;
 
+    let budget = TmpfsBudget::from_meminfo();
     mount_fs(
         "tmpfs",
         "/newroot/home/user",
         "tmpfs",
         SCRATCH,
-        Some("mode=0755,uid=1000,gid=1000,size=25%"),
+        Some(&format!(
+            "mode=0755,uid=1000,gid=1000,size={}k",
+            budget.home_kib
+        )),
     )?;
     mount_fs(
         "tmpfs",
         "/newroot/tmp",
         "tmpfs",
         SCRATCH,
-        Some("mode=1777,size=25%"),
+        Some(&format!("mode=1777,size={}k", budget.tmp_kib)),
     )?;
     // Holds only the agent and the code file (at most 1 MiB).
     mount_fs(
@@ -56,7 +58,7 @@ pub fn prepare(agent: &Path) -> Result<(), InitError> {
     move_mount("/dev", "/newroot/dev")?;
     move_mount("/proc", "/newroot/proc")?;
     move_mount("/sys", "/newroot/sys")?;
-    populate_dev()?;
+    populate_dev(&budget)?;
     free_initramfs(agent);
     Ok(())
 }
@@ -67,6 +69,49 @@ pub fn switch() -> Result<(), InitError> {
     mounts::move_mount(".", "/")?;
     nix::unistd::chroot(".").map_err(InitError::io("chroot /newroot"))?;
     nix::unistd::chdir("/").map_err(InitError::io("chdir /"))
+}
+
+/// Sizes of the writable tmpfs areas. Their pages cannot be reclaimed by killing a process,
+/// so if code could fill them past what the unkillable parts (kernel, init, agent) need,
+/// the OOM killer would find nothing to kill and the kernel would panic. Whatever the VM
+/// size, [`RESERVE_KIB`] stays out of their reach; the rest is split 40/40/20.
+struct TmpfsBudget {
+    home_kib: u64,
+    tmp_kib: u64,
+    shm_kib: u64,
+}
+
+/// Memory no tmpfs may take: measured, a 128 MiB guest panicked with 37 MiB left.
+const RESERVE_KIB: u64 = 64 * 1024;
+/// Every area gets at least this much, even in the smallest VM.
+const MIN_AREA_KIB: u64 = 4 * 1024;
+
+impl TmpfsBudget {
+    fn from_meminfo() -> TmpfsBudget {
+        let total_kib = fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("MemTotal:")?
+                        .trim()
+                        .strip_suffix("kB")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+            })
+            .unwrap_or(128 * 1024);
+        TmpfsBudget::for_total(total_kib)
+    }
+
+    fn for_total(total_kib: u64) -> TmpfsBudget {
+        let budget = total_kib.saturating_sub(RESERVE_KIB);
+        TmpfsBudget {
+            home_kib: (budget * 2 / 5).max(MIN_AREA_KIB),
+            tmp_kib: (budget * 2 / 5).max(MIN_AREA_KIB),
+            shm_kib: (budget / 5).max(MIN_AREA_KIB),
+        }
+    }
 }
 
 fn wait_for(path: &str, bound: Duration) -> Result<(), InitError> {
@@ -113,7 +158,7 @@ fn install_agent(agent: &Path) -> Result<(), InitError> {
 }
 
 /// /dev/shm, /dev/pts and the /dev/fd family that devtmpfs does not create.
-fn populate_dev() -> Result<(), InitError> {
+fn populate_dev(budget: &TmpfsBudget) -> Result<(), InitError> {
     for dir in ["/newroot/dev/shm", "/newroot/dev/pts"] {
         DirBuilder::new()
             .mode(0o755)
@@ -126,7 +171,7 @@ fn populate_dev() -> Result<(), InitError> {
         "/newroot/dev/shm",
         "tmpfs",
         SCRATCH,
-        Some("mode=1777,size=10%"),
+        Some(&format!("mode=1777,size={}k", budget.shm_kib)),
     )?;
     // gid 5 is Debian's tty group; /dev/ptmx (from devtmpfs) finds this instance via ../pts.
     mount_fs(
@@ -165,5 +210,26 @@ fn free_initramfs(agent: &Path) {
         for entry in dir.flatten() {
             let _ = fs::remove_file(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmpfs_budget_always_leaves_the_reserve() {
+        for total_mib in [92u64, 128, 218, 1000, 16_000] {
+            let total = total_mib * 1024;
+            let b = TmpfsBudget::for_total(total);
+            let sum = b.home_kib + b.tmp_kib + b.shm_kib;
+            assert!(
+                sum + RESERVE_KIB <= total.max(RESERVE_KIB + 3 * MIN_AREA_KIB),
+                "{total_mib} MiB"
+            );
+            assert!(b.home_kib >= MIN_AREA_KIB && b.shm_kib >= MIN_AREA_KIB);
+        }
+        let b = TmpfsBudget::for_total(218 * 1024);
+        assert_eq!(b.home_kib, (218 - 64) * 1024 * 2 / 5);
     }
 }
