@@ -16,7 +16,7 @@ fn env_path(name: &str) -> Option<PathBuf> {
         .filter(|p| p.exists())
 }
 
-fn spec(with_rootfs: bool) -> Option<VmSpec> {
+fn spec(with_rootfs: bool) -> VmSpec {
     let cached = images::ImageStore::open_default()
         .and_then(|store| store.lookup(protocol::Language::Raw))
         .expect("read the image cache")
@@ -29,7 +29,7 @@ fn spec(with_rootfs: bool) -> Option<VmSpec> {
         Ok("kvm") => Accelerator::Kvm,
         _ => Accelerator::Tcg,
     };
-    Some(VmSpec {
+    VmSpec {
         qemu,
         accelerator,
         kernel,
@@ -39,7 +39,7 @@ fn spec(with_rootfs: bool) -> Option<VmSpec> {
         vcpus: 1,
         boot_timeout: Duration::from_secs(60),
         extra_cmdline: Vec::new(),
-    })
+    }
 }
 
 fn registry() -> (tempfile::TempDir, Registry) {
@@ -72,7 +72,7 @@ fn assert_dead(pid: u32) {
 
 #[tokio::test]
 async fn boot_to_poweroff_sees_the_probe_marker() {
-    let Some(spec) = spec(false) else { return };
+    let spec = spec(false);
     let (dir, reg) = registry();
     let t = vmm::boot_to_poweroff(&spec, &reg).await.unwrap();
     eprintln!("boot to poweroff: {t:?}");
@@ -81,28 +81,23 @@ async fn boot_to_poweroff_sees_the_probe_marker() {
 
 #[tokio::test]
 async fn accelerator_probe_is_cached() {
-    let Some(spec) = spec(false) else { return };
+    let spec = spec(false);
     let cache = tempfile::tempdir().unwrap();
-    let first = vmm::probe_accelerator(
-        &spec.qemu,
-        &spec.kernel,
-        &spec.initramfs,
-        cache.path(),
-        AccelChoice::Auto,
-    )
-    .await;
+    let probe = || {
+        vmm::probe_accelerator(
+            &spec.qemu,
+            &spec.kernel,
+            &spec.initramfs,
+            cache.path(),
+            AccelChoice::Auto,
+        )
+    };
+    let first = probe().await;
     eprintln!("verdict: {first:?}");
     if first.accelerator == Accelerator::Tcg {
         assert!(first.kvm_rejected_because.is_some());
     }
-    let second = vmm::probe_accelerator(
-        &spec.qemu,
-        &spec.kernel,
-        &spec.initramfs,
-        cache.path(),
-        AccelChoice::Auto,
-    )
-    .await;
+    let second = probe().await;
     // A verdict is cached unless the probe could not decide (/dev/kvm unusable is instant).
     if first.reason.contains("/dev/kvm") && !first.reason.contains("within") {
         assert!(!second.from_cache);
@@ -114,7 +109,7 @@ async fn accelerator_probe_is_cached() {
 
 #[tokio::test]
 async fn cancelled_boot_leaks_nothing() {
-    let Some(spec) = spec(false) else { return };
+    let spec = spec(false);
     let (dir, reg) = registry();
     let r = tokio::time::timeout(Duration::from_millis(300), Vm::boot(&spec, &reg)).await;
     assert!(r.is_err(), "a TCG boot cannot be ready in 300 ms");
@@ -124,7 +119,7 @@ async fn cancelled_boot_leaks_nothing() {
 
 #[tokio::test]
 async fn boot_timeout_is_transient_and_cleans_up() {
-    let Some(mut spec) = spec(false) else { return };
+    let mut spec = spec(false);
     spec.boot_timeout = Duration::from_millis(500);
     let (dir, reg) = registry();
     let err = Vm::boot(&spec, &reg).await.unwrap_err();
@@ -135,7 +130,7 @@ async fn boot_timeout_is_transient_and_cleans_up() {
 
 #[tokio::test]
 async fn boots_to_ready_and_detects_frozen_and_dead_qemu() {
-    let Some(spec) = spec(true) else { return };
+    let spec = spec(true);
     let (dir, reg) = registry();
     let mut vm = Vm::boot(&spec, &reg).await.unwrap();
     eprintln!("ready after {:?}", vm.boot_time());
