@@ -46,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             unix_time_ms,
             extension: None,
             entropy: vec![0x5a; 32],
+            persistent: std::env::var_os("PERSISTENT").is_some(),
         };
         let sent = Instant::now();
         sock.write_all(&encode(&HostMessage::Exec(req))?)?;

@@ -123,6 +123,8 @@ pub fn run(job: &Job, sink: &mut dyn FnMut(GuestMessage) -> io::Result<()>) -> i
         stderr_truncated,
         spawn_ms,
         run_ms: millis(started.elapsed()),
+        repl_fresh: false,
+        repl_lost: false,
     }))
 }
 

@@ -13,6 +13,7 @@
 pub mod channel;
 pub mod code;
 pub mod engine;
+pub mod files;
 pub mod host_state;
 pub mod kill;
 mod pump;

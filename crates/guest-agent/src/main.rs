@@ -4,7 +4,7 @@
 
 use guest_agent::channel::{self, Channel, ChannelError};
 use guest_agent::engine::{self, Job};
-use guest_agent::{code, host_state};
+use guest_agent::{code, files, host_state};
 use protocol::{ExecRequest, GuestMessage, HostMessage, Language, PROTOCOL_VERSION};
 use std::path::Path;
 use std::process::ExitCode;
@@ -39,9 +39,24 @@ fn serve() -> Result<(), ChannelError> {
         version: PROTOCOL_VERSION,
         uptime_ms,
     })?;
+    let user = files::User {
+        uid: USER_UID,
+        gid: USER_GID,
+        home: HOME.into(),
+    };
     loop {
         match chan.recv()? {
             HostMessage::Exec(req) => exec(&mut chan, req)?,
+            HostMessage::WriteFile { path, executable } => {
+                files::write(&mut chan, &user, &path, executable)?
+            }
+            HostMessage::ReadFile { path } => files::read(&mut chan, &user, &path)?,
+            HostMessage::ListFiles { path } => files::list(&mut chan, &user, &path)?,
+            // Only valid inside a write, where `files::write` consumes them; a stray one is
+            // a host bug, and answering it would desynchronise the conversation.
+            HostMessage::FileData { .. } | HostMessage::FileEnd => {
+                eprintln!("sbx-agent: file data outside a write, ignored")
+            }
         }
     }
 }

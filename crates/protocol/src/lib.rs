@@ -23,7 +23,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape. The agent reports it in [`GuestMessage::Ready`];
 /// the host refuses an agent that speaks another version.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest body a frame may carry. Code is capped at 1 MiB and output chunks at
 /// [`MAX_CHUNK`], so anything larger is corruption, not data.
@@ -125,14 +125,91 @@ pub struct ExecRequest {
     /// Fresh host entropy to mix into the guest's pool before running.
     #[serde(with = "serde_bytes")]
     pub entropy: Vec<u8>,
+    /// Run in the language's persistent REPL (a session call) instead of a fresh process.
+    /// Definitions, the working directory and background processes then carry over to the
+    /// next persistent call; `extension` is ignored.
+    pub persistent: bool,
 }
 
 /// Messages from host to guest.
+///
+/// The host sends one request and waits for its answer before the next; the only
+/// multi-message request is a file write (`WriteFile`, `FileData`…, `FileEnd`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum HostMessage {
-    /// Run code and stream its output back.
+    /// Run code and stream its output back (`Output`…, then `Completed` or `Failed`).
     Exec(ExecRequest),
+    /// Start writing a file under the user's home. `FileData` chunks and one `FileEnd`
+    /// follow. The guest answers exactly once, with `FileDone` after `FileEnd` or with
+    /// `FileFailed` as soon as it fails (it then discards data up to `FileEnd`).
+    WriteFile {
+        /// Relative to the home directory, already normalised by the host: no `.`/`..`
+        /// components, no leading `/`.
+        path: String,
+        /// Mode 0755 instead of 0644.
+        executable: bool,
+    },
+    /// Up to [`MAX_CHUNK`] bytes of the file being written.
+    FileData {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The file being written is complete: commit it.
+    FileEnd,
+    /// Stream a file back: `FileData`…, then `FileDone`, or `FileFailed`.
+    ReadFile { path: String },
+    /// List a directory: `Listing` or `FileFailed`. The empty path is the home directory.
+    ListFiles { path: String },
 }
+
+/// What kind of object a directory entry is. Symlinks are reported, never followed.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Directory,
+    Symlink,
+    Other,
+}
+
+/// One entry of a directory listing.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// The entry's name (not a path). Bytes that are not UTF-8 are replaced with U+FFFD.
+    pub name: String,
+    pub kind: FileKind,
+    /// Size in bytes (of the link itself for a symlink).
+    pub size: u64,
+    /// Permission bits (`0o755`…).
+    pub mode: u32,
+    /// Last modification, Unix seconds.
+    pub modified: i64,
+}
+
+/// Why a file operation failed in the guest.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum FileErrorKind {
+    /// The path (or a parent directory) does not exist.
+    NotFound,
+    /// The path resolves outside the home directory (an escaping `..` or symlink).
+    OutsideHome,
+    /// A read or a write target is not a regular file (directory, FIFO, device…).
+    NotAFile,
+    /// A listing target, or a parent of a write target, is not a directory.
+    NotADirectory,
+    /// The user is not allowed to do this.
+    PermissionDenied,
+    /// The guest's disk (its memory-backed home) is full.
+    NoSpace,
+    /// The path is not acceptable (the guest re-checks what the host validated).
+    InvalidPath,
+    /// Anything else; the message says what.
+    Other,
+}
+
+/// Most entries a listing returns; the rest are reported as `truncated`.
+pub const MAX_LISTING: usize = 10_000;
 
 /// How an execution ended, reported once after the last output chunk.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -146,6 +223,12 @@ pub struct Completion {
     pub spawn_ms: u64,
     /// From the process being started to its exit (and its output drained).
     pub run_ms: u64,
+    /// Persistent calls only: this call ran in a newly started REPL, so no state from
+    /// earlier calls was there (the first call, or the one after the REPL was lost).
+    pub repl_fresh: bool,
+    /// Persistent calls only: the REPL ended during this call (it exited, was killed, or
+    /// timed out); its state is gone and the next call starts a fresh one.
+    pub repl_lost: bool,
 }
 
 /// Messages from guest to host.
@@ -168,6 +251,24 @@ pub enum GuestMessage {
     /// The agent could not start the code at all (for example the interpreter is
     /// missing from the image). The code did not run.
     Failed { message: String },
+    /// A chunk of a file being read (at most [`MAX_CHUNK`] bytes).
+    FileData {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// A read finished (all `FileData` sent) or a write was committed; `size` bytes.
+    FileDone { size: u64 },
+    /// A file operation failed; nothing was changed by a failed write.
+    FileFailed {
+        kind: FileErrorKind,
+        message: String,
+    },
+    /// A directory listing, sorted by name.
+    Listing {
+        entries: Vec<FileEntry>,
+        /// More than [`MAX_LISTING`] entries existed; the rest were left out.
+        truncated: bool,
+    },
 }
 
 /// Why bytes could not be turned into a message.
@@ -265,6 +366,7 @@ mod tests {
             unix_time_ms: 1_700_000_000_000,
             extension: Some("tsx".into()),
             entropy: vec![7; 32],
+            persistent: true,
         })
     }
 

@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 use protocol::{
-    encode, Completion, ExecRequest, FrameDecoder, GuestMessage, HostMessage, Language, Stream,
+    encode, Completion, ExecRequest, FileEntry, FileErrorKind, FileKind, FrameDecoder,
+    GuestMessage, HostMessage, Language, Stream,
 };
 
 fn guest_message() -> impl Strategy<Value = GuestMessage> {
@@ -29,9 +30,35 @@ fn guest_message() -> impl Strategy<Value = GuestMessage> {
                 stderr_truncated: flag,
                 spawn_ms: ms,
                 run_ms: ms / 2,
+                repl_fresh: flag,
+                repl_lost: !flag,
             })
         }),
         ".*".prop_map(|message| GuestMessage::Failed { message }),
+        proptest::collection::vec(any::<u8>(), 0..2048)
+            .prop_map(|data| GuestMessage::FileData { data }),
+        any::<u64>().prop_map(|size| GuestMessage::FileDone { size }),
+        ".*".prop_map(|message| GuestMessage::FileFailed {
+            kind: FileErrorKind::OutsideHome,
+            message
+        }),
+        proptest::collection::vec((".*", any::<u64>(), any::<u32>(), any::<i64>()), 0..4).prop_map(
+            |v| {
+                GuestMessage::Listing {
+                    truncated: v.len() == 3,
+                    entries: v
+                        .into_iter()
+                        .map(|(name, size, mode, modified)| FileEntry {
+                            name,
+                            kind: FileKind::Symlink,
+                            size,
+                            mode,
+                            modified,
+                        })
+                        .collect(),
+                }
+            }
+        ),
     ]
 }
 
@@ -80,6 +107,7 @@ proptest! {
             unix_time_ms: 4,
             extension: ext,
             entropy: vec![1, 2, 3],
+            persistent: true,
         });
         let mut dec = FrameDecoder::new();
         dec.push(&encode(&msg).unwrap());

@@ -289,6 +289,7 @@ async fn execute(
             .unwrap_or(0),
         extension: request.extension.clone(),
         entropy: rand::random::<[u8; 32]>().to_vec(),
+        persistent: false,
     };
     vm.send(&HostMessage::Exec(exec))
         .await
@@ -342,6 +343,14 @@ async fn execute(
                     reason: "the guest agent restarted during the run".into(),
                 })
             }
+            GuestMessage::FileData { .. }
+            | GuestMessage::FileDone { .. }
+            | GuestMessage::FileFailed { .. }
+            | GuestMessage::Listing { .. } => {
+                return Err(Error::OutcomeUnknown {
+                    reason: "the guest agent answered a file request during a run".into(),
+                })
+            }
         }
     }
 }
@@ -371,6 +380,8 @@ fn host_timeout(
         stderr_truncated: false,
         spawn_ms: 0,
         run_ms: millis(request.timeout + HOST_GRACE),
+        repl_fresh: false,
+        repl_lost: false,
     };
     (completion, stdout, stderr)
 }
