@@ -356,7 +356,11 @@ mod tests {
     use super::*;
 
     fn exec() -> HostMessage {
-        HostMessage::Exec(ExecRequest {
+        HostMessage::Exec(request())
+    }
+
+    fn request() -> ExecRequest {
+        ExecRequest {
             language: Language::Python,
             code: "print('€')\n".into(),
             env: vec![("A".into(), "b".into())],
@@ -367,7 +371,7 @@ mod tests {
             extension: Some("tsx".into()),
             entropy: vec![7; 32],
             persistent: true,
-        })
+        }
     }
 
     #[test]
@@ -376,10 +380,16 @@ mod tests {
             exec(),
             HostMessage::Exec(ExecRequest {
                 code: String::new(),
-                ..match exec() {
-                    HostMessage::Exec(r) => r,
-                }
+                ..request()
             }),
+            HostMessage::WriteFile {
+                path: "a/b.txt".into(),
+                executable: true,
+            },
+            HostMessage::FileData { data: vec![0; 5] },
+            HostMessage::FileEnd,
+            HostMessage::ReadFile { path: String::new() },
+            HostMessage::ListFiles { path: "d".into() },
         ];
         let mut wire = Vec::new();
         for m in &msgs {
