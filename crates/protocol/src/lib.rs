@@ -156,6 +156,9 @@ pub enum HostMessage {
     },
     /// The file being written is complete: commit it.
     FileEnd,
+    /// The host abandons the write (its data source failed): discard it and answer
+    /// `FileFailed` (unless the write had already failed and been answered).
+    FileAbort,
     /// Stream a file back: `FileData`…, then `FileDone`, or `FileFailed`.
     ReadFile { path: String },
     /// List a directory: `Listing` or `FileFailed`. The empty path is the home directory.
@@ -388,7 +391,10 @@ mod tests {
             },
             HostMessage::FileData { data: vec![0; 5] },
             HostMessage::FileEnd,
-            HostMessage::ReadFile { path: String::new() },
+            HostMessage::FileAbort,
+            HostMessage::ReadFile {
+                path: String::new(),
+            },
             HostMessage::ListFiles { path: "d".into() },
         ];
         let mut wire = Vec::new();

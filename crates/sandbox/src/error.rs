@@ -9,6 +9,8 @@
 //! | [`Error::Permanent`] | configuration or a missing dependency | no | no, fix the host |
 //! | [`Error::OutcomeUnknown`] | the transport was lost after the code was sent | maybe | only if the code is idempotent |
 //! | [`Error::Cancelled`] | the caller cancelled | maybe | caller's choice |
+//! | [`Error::SessionClosed`] | the session was closed before this call | no | open a new session |
+//! | [`Error::File`] | a file operation failed (see [`FileError`]) | no | fix the path or data |
 
 use crate::validate::ValidationError;
 
@@ -26,6 +28,29 @@ pub enum Error {
     OutcomeUnknown { reason: String },
     #[error("cancelled")]
     Cancelled,
+    #[error("the session is closed: {reason}")]
+    SessionClosed { reason: String },
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+/// Why a session file operation failed. Nothing in the guest was changed by a failed write.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The guest refused or failed the operation.
+    #[error("{path}: {message}")]
+    Guest {
+        kind: protocol::FileErrorKind,
+        /// The normalised path, relative to `/home/user`.
+        path: String,
+        message: String,
+    },
+    /// The caller's data source failed while uploading.
+    #[error("reading the data to upload: {0}")]
+    Source(#[source] std::io::Error),
+    /// The caller's destination failed while downloading.
+    #[error("writing the downloaded data: {0}")]
+    Sink(#[source] std::io::Error),
 }
 
 impl Error {
@@ -47,6 +72,8 @@ impl Error {
             Error::Permanent(_) => "permanent",
             Error::OutcomeUnknown { .. } => "outcome_unknown",
             Error::Cancelled => "cancelled",
+            Error::SessionClosed { .. } => "session_closed",
+            Error::File(_) => "file",
         }
     }
 }

@@ -39,6 +39,19 @@ pub struct ExecutionResult {
     pub timing: Timing,
     /// Which accelerator ran the VM.
     pub accelerator: Accelerator,
+    /// Session calls only: what happened to the REPL that holds the session's state.
+    pub repl: Option<ReplInfo>,
+}
+
+/// The REPL's fate in one session call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReplInfo {
+    /// The call ran in a newly started REPL: nothing defined by earlier calls was there
+    /// (the session's first call, or the first after the REPL was lost).
+    pub fresh: bool,
+    /// The REPL ended during this call (it exited, was killed, or the call timed out): its
+    /// state is gone and the next call starts a fresh one. Files in the home directory stay.
+    pub lost: bool,
 }
 
 impl ExecutionResult {
@@ -64,7 +77,7 @@ impl Serialize for ExecutionResult {
         };
         let stdout_base64 = exact(&self.stdout);
         let stderr_base64 = exact(&self.stderr);
-        let mut st = s.serialize_struct("ExecutionResult", 11)?;
+        let mut st = s.serialize_struct("ExecutionResult", 12)?;
         st.serialize_field("language", &self.language)?;
         st.serialize_field("stdout", &self.stdout_text())?;
         st.serialize_field("stderr", &self.stderr_text())?;
@@ -80,6 +93,9 @@ impl Serialize for ExecutionResult {
         st.serialize_field("stderr_truncated", &self.stderr_truncated)?;
         st.serialize_field("timing", &self.timing)?;
         st.serialize_field("accelerator", &self.accelerator)?;
+        if let Some(repl) = &self.repl {
+            st.serialize_field("repl", repl)?;
+        }
         st.end()
     }
 }
@@ -157,6 +173,7 @@ mod tests {
             stderr_truncated: false,
             timing: Timing::default(),
             accelerator: Accelerator::Tcg,
+            repl: None,
         }
     }
 

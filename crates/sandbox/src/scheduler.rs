@@ -1,21 +1,31 @@
 //! [`Scheduler`]: turns a [`RunRequest`] into an [`ExecutionResult`] on a fresh microVM.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use protocol::{Completion, ExecRequest, GuestMessage, HostMessage, Language, Stream};
-use tokio::sync::{OnceCell, Semaphore};
+use protocol::Language;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 use vmm::{AccelChoice, AccelVerdict, Accelerator, QemuInfo, Registry, Vm, VmSpec};
 
 use crate::config::Config;
 use crate::error::{Error, PermanentError, TransientError};
-use crate::request::{RunRequest, STDERR_CAP, STDOUT_CAP};
+use crate::exec::{execute, millis, Cell};
+use crate::request::RunRequest;
 use crate::result::{ExecutionResult, OutputChunk, Timing};
-use crate::validate::validate;
+use crate::session::{Session, SessionOptions, WeakSession};
+use crate::validate::{validate, validate_idle_timeout, validate_memory};
 
-/// How long past the code's own timeout the host waits for the guest to report before it
-/// kills the VM itself. Covers the guest's SIGTERM grace and a slow, loaded TCG guest.
-const HOST_GRACE: Duration = Duration::from_secs(8);
+/// A VM booted for one run or one session, holding its scheduler slot.
+pub(crate) struct BootedVm {
+    pub vm: Vm,
+    /// Released when the VM is done with (dropped with it).
+    pub slot: OwnedSemaphorePermit,
+    pub accelerator: Accelerator,
+    /// Images, accelerator and waiting for the slot.
+    pub setup: Duration,
+    pub boot: Duration,
+    pub boot_retries: u32,
+}
 
 /// Runs code in throwaway microVMs.
 ///
@@ -40,7 +50,9 @@ struct Inner {
     qemu: QemuInfo,
     registry: Arc<Registry>,
     verdict: OnceCell<AccelVerdict>,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
+    /// Open sessions, closed by [`Scheduler::shutdown`].
+    sessions: std::sync::Mutex<Vec<WeakSession>>,
 }
 
 impl Scheduler {
@@ -55,7 +67,7 @@ impl Scheduler {
             ))
         })?);
         let images = images::ImageStore::new(config.cache_dir.clone());
-        let slots = Semaphore::new(config.max_concurrent_vms.max(1));
+        let slots = Arc::new(Semaphore::new(config.max_concurrent_vms.max(1)));
         Ok(Scheduler {
             inner: Arc::new(Inner {
                 config,
@@ -64,6 +76,7 @@ impl Scheduler {
                 registry,
                 verdict: OnceCell::new(),
                 slots,
+                sessions: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -173,25 +186,101 @@ impl Scheduler {
     ) -> Result<ExecutionResult, Error> {
         let started = Instant::now();
         validate(&request)?;
+        let mut booted = self.start_vm(request.language, request.memory_mb).await?;
+        let setup = booted.setup;
+
+        let exec_started = Instant::now();
+        let cell = Cell {
+            language: request.language,
+            code: &request.code,
+            env: &request.env,
+            timeout: request.timeout,
+            extension: request.extension.as_deref(),
+            persistent: false,
+        };
+        let outcome = execute(&mut booted.vm, &cell, &mut on_output).await;
+        let execute_elapsed = exec_started.elapsed();
+        booted.vm.shutdown().await;
+        let outcome = outcome?;
+        let completion = outcome.completion;
+
+        Ok(ExecutionResult {
+            language: request.language,
+            stdout: outcome.stdout,
+            stderr: outcome.stderr,
+            exit_code: completion.exit_code,
+            timed_out: completion.timed_out,
+            stdout_truncated: completion.stdout_truncated,
+            stderr_truncated: completion.stderr_truncated,
+            timing: Timing {
+                setup_ms: millis(setup),
+                boot_ms: millis(booted.boot),
+                execute_ms: millis(execute_elapsed),
+                total_ms: millis(started.elapsed()),
+                boot_retries: booted.boot_retries,
+            },
+            accelerator: booted.accelerator,
+            repl: None,
+        })
+    }
+
+    /// Opens a session: a VM that stays up, keeping its REPL state and files across calls,
+    /// until [`Session::close`], its idle timeout, or the scheduler's shutdown.
+    ///
+    /// ```no_run
+    /// # async fn demo(scheduler: sandbox::Scheduler) -> Result<(), sandbox::Error> {
+    /// use sandbox::{Language, SessionOptions};
+    /// use std::time::Duration;
+    ///
+    /// let session = scheduler.session(SessionOptions::new(Language::Python)).await?;
+    /// session.exec("x = 6 * 7", Duration::from_secs(10), vec![]).await?;
+    /// let result = session.exec("print(x)", Duration::from_secs(10), vec![]).await?;
+    /// assert_eq!(result.stdout, b"42\n");
+    /// session.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn session(&self, options: SessionOptions) -> Result<Session, Error> {
+        validate_memory(options.memory_mb)?;
+        validate_idle_timeout(options.idle_timeout)?;
+        let booted = self.start_vm(options.language, options.memory_mb).await?;
+        let session = Session::start(options, booted);
+        let mut sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|s| s.strong_count() > 0);
+        sessions.push(session.downgrade());
+        Ok(session)
+    }
+
+    /// Images, accelerator and a VM slot, then a booted VM holding that slot.
+    pub(crate) async fn start_vm(
+        &self,
+        language: Language,
+        memory_mb: u32,
+    ) -> Result<BootedVm, Error> {
+        let started = Instant::now();
         let images = match self
             .inner
             .images
-            .lookup(request.language)
+            .lookup(language)
             .map_err(PermanentError::Images)?
         {
             Some(found) => found,
             None => self
-                .ensure_images(&[request.language], Arc::new(images::NoProgress))
+                .ensure_images(&[language], Arc::new(images::NoProgress))
                 .await?
                 .into_iter()
                 .next()
                 .ok_or_else(|| PermanentError::Internal("no image returned by build".into()))?,
         };
         let verdict = self.accelerator().await?;
-        let _slot = self
+        let slot = self
             .inner
             .slots
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| PermanentError::Internal("scheduler is shut down".into()))?;
 
@@ -201,42 +290,24 @@ impl Scheduler {
             kernel: images.kernel.clone(),
             initramfs: images.initramfs.clone(),
             rootfs: Some(images.rootfs.clone()),
-            memory_mb: request.memory_mb,
+            memory_mb,
             vcpus: self.inner.config.vcpus,
             boot_timeout: self.inner.config.boot_timeout,
             extra_cmdline: Vec::new(),
         };
         let setup = started.elapsed();
-
         let boot_started = Instant::now();
-        let (mut vm, boot_retries) =
+        let (vm, boot_retries) =
             vmm::boot_with_retry(&spec, &self.inner.registry, &self.inner.config.boot_retry)
                 .await
                 .map_err(|e| boot_error(e, self.inner.config.boot_retry.max_retries))?;
-        let boot = boot_started.elapsed();
-
-        let exec_started = Instant::now();
-        let outcome = execute(&mut vm, &request, &mut on_output).await;
-        let execute_elapsed = exec_started.elapsed();
-        vm.shutdown().await;
-        let (completion, stdout, stderr) = outcome?;
-
-        Ok(ExecutionResult {
-            language: request.language,
-            stdout,
-            stderr,
-            exit_code: completion.exit_code,
-            timed_out: completion.timed_out,
-            stdout_truncated: completion.stdout_truncated,
-            stderr_truncated: completion.stderr_truncated,
-            timing: Timing {
-                setup_ms: millis(setup),
-                boot_ms: millis(boot),
-                execute_ms: millis(execute_elapsed),
-                total_ms: millis(started.elapsed()),
-                boot_retries,
-            },
+        Ok(BootedVm {
+            vm,
+            slot,
             accelerator: verdict.accelerator,
+            setup,
+            boot: boot_started.elapsed(),
+            boot_retries,
         })
     }
 
@@ -244,6 +315,17 @@ impl Scheduler {
     /// started is gone when this returns (each run owns its VM and tears it down itself;
     /// a cancelled run's VM is killed when its future is dropped).
     pub async fn shutdown(&self) {
+        let open: Vec<_> = {
+            let mut sessions = self
+                .inner
+                .sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            sessions.drain(..).filter_map(|s| s.upgrade()).collect()
+        };
+        for session in open {
+            session.close_because("the scheduler was shut down").await;
+        }
         let all = self.inner.config.max_concurrent_vms.max(1) as u32;
         if let Ok(permits) = self.inner.slots.acquire_many(all).await {
             permits.forget();
@@ -262,126 +344,4 @@ fn boot_error(err: vmm::BootError, max_retries: u32) -> Error {
     } else {
         PermanentError::Boot(err).into()
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    d.as_millis().try_into().unwrap_or(u64::MAX)
-}
-
-type Outcome = (Completion, Vec<u8>, Vec<u8>);
-
-/// Sends the code and collects output until the guest reports completion.
-async fn execute(
-    vm: &mut Vm,
-    request: &RunRequest,
-    on_output: &mut (impl FnMut(OutputChunk) + Send),
-) -> Result<Outcome, Error> {
-    let exec = ExecRequest {
-        language: request.language,
-        code: request.code.clone(),
-        env: request.env.clone(),
-        timeout_ms: millis(request.timeout),
-        stdout_cap: STDOUT_CAP,
-        stderr_cap: STDERR_CAP,
-        unix_time_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(millis)
-            .unwrap_or(0),
-        extension: request.extension.clone(),
-        entropy: rand::random::<[u8; 32]>().to_vec(),
-        persistent: false,
-    };
-    vm.send(&HostMessage::Exec(exec))
-        .await
-        .map_err(|e| match e {
-            // The request itself cannot be framed: retrying the same one cannot help.
-            vmm::ChannelError::Malformed(_) => Error::from(PermanentError::Internal(format!(
-                "the request cannot be sent: {e}"
-            ))),
-            other => TransientError::Dispatch(other).into(),
-        })?;
-
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let deadline = tokio::time::Instant::now() + request.timeout + HOST_GRACE;
-    loop {
-        let msg = match tokio::time::timeout_at(deadline, vm.recv()).await {
-            Ok(Ok(msg)) => msg,
-            Ok(Err(e)) => {
-                return Err(Error::OutcomeUnknown {
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => return Ok(host_timeout(request, stdout, stderr, on_output)),
-        };
-        match msg {
-            GuestMessage::Output { stream, data } => {
-                // The guest enforces the caps; the host enforces them again so that a
-                // misbehaving guest cannot make the host buffer without bound.
-                let (buf, cap) = match stream {
-                    Stream::Stdout => (&mut stdout, STDOUT_CAP),
-                    Stream::Stderr => (&mut stderr, STDERR_CAP + 1024),
-                };
-                let room = (cap as usize).saturating_sub(buf.len());
-                let data = if data.len() > room {
-                    data[..room].to_vec()
-                } else {
-                    data
-                };
-                if data.is_empty() {
-                    continue;
-                }
-                buf.extend_from_slice(&data);
-                on_output(OutputChunk { stream, data });
-            }
-            GuestMessage::Completed(completion) => return Ok((completion, stdout, stderr)),
-            GuestMessage::Failed { message } => {
-                return Err(PermanentError::GuestCannotRun(message).into())
-            }
-            GuestMessage::Ready { .. } => {
-                return Err(Error::OutcomeUnknown {
-                    reason: "the guest agent restarted during the run".into(),
-                })
-            }
-            GuestMessage::FileData { .. }
-            | GuestMessage::FileDone { .. }
-            | GuestMessage::FileFailed { .. }
-            | GuestMessage::Listing { .. } => {
-                return Err(Error::OutcomeUnknown {
-                    reason: "the guest agent answered a file request during a run".into(),
-                })
-            }
-        }
-    }
-}
-
-/// The guest did not report within timeout + grace: the host kills the VM (by dropping it
-/// after return) and reports a timeout, which is what happened from the caller's view.
-fn host_timeout(
-    request: &RunRequest,
-    stdout: Vec<u8>,
-    mut stderr: Vec<u8>,
-    on_output: &mut (impl FnMut(OutputChunk) + Send),
-) -> Outcome {
-    let note = format!(
-        "\n[sandbox] execution timed out after {} s (the VM was stopped by the host)\n",
-        request.timeout.as_secs_f64()
-    )
-    .into_bytes();
-    stderr.extend_from_slice(&note);
-    on_output(OutputChunk {
-        stream: Stream::Stderr,
-        data: note,
-    });
-    let completion = Completion {
-        exit_code: -1,
-        timed_out: true,
-        stdout_truncated: false,
-        stderr_truncated: false,
-        spawn_ms: 0,
-        run_ms: millis(request.timeout + HOST_GRACE),
-        repl_fresh: false,
-        repl_lost: false,
-    };
-    (completion, stdout, stderr)
 }

@@ -23,6 +23,14 @@ pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
 /// arguments and environment, so this leaves ample room for the sandbox's own.
 pub const MAX_ENV_TOTAL_BYTES: usize = 512 * 1024;
 
+/// Longest accepted guest path and path component, in bytes (Linux's `PATH_MAX` and
+/// `NAME_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+pub const MAX_PATH_COMPONENT_BYTES: usize = 255;
+/// Accepted session idle timeouts.
+pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Variables that change how the loader, the shell or an interpreter starts. They are
 /// refused because they would let a caller's settings act on the sandbox's own launchers
 /// rather than on the caller's code.
@@ -80,6 +88,28 @@ pub enum ValidationError {
     EnvDuplicate { name: String },
     #[error("env: value of {name} is invalid: {reason}")]
     EnvValue { name: String, reason: String },
+    #[error("path: is empty (name a file under /home/user)")]
+    PathEmpty,
+    #[error("path: {path:?} is absolute; give a path relative to /home/user")]
+    PathAbsolute { path: String },
+    #[error("path: {path:?} leaves /home/user through '..'")]
+    PathEscapes { path: String },
+    #[error("path: contains a NUL byte at offset {offset}")]
+    PathNul { offset: usize },
+    #[error("path: is {len} bytes, over the {max}-byte limit")]
+    PathTooLong { len: usize, max: usize },
+    #[error("path: component {component:?} is {len} bytes, over the {max}-byte limit")]
+    PathComponentTooLong {
+        component: String,
+        len: usize,
+        max: usize,
+    },
+    #[error("idle timeout: {}.{:03} s is outside the accepted range {min_s}..={max_s} s", given_ms / 1000, given_ms % 1000)]
+    IdleTimeout {
+        given_ms: u128,
+        min_s: u64,
+        max_s: u64,
+    },
 }
 
 impl ValidationError {
@@ -96,6 +126,13 @@ impl ValidationError {
             | Self::EnvDuplicate { .. }
             | Self::EnvTooLarge { .. }
             | Self::EnvValue { .. } => "env",
+            Self::PathEmpty
+            | Self::PathAbsolute { .. }
+            | Self::PathEscapes { .. }
+            | Self::PathNul { .. }
+            | Self::PathTooLong { .. }
+            | Self::PathComponentTooLong { .. } => "path",
+            Self::IdleTimeout { .. } => "idle_timeout",
         }
     }
 }
@@ -177,6 +214,70 @@ pub fn validate_env(env: &[(String, String)]) -> Result<(), ValidationError> {
             return Err(ValidationError::EnvDuplicate { name: name.clone() });
         }
         validate_env_value(name, value)?;
+    }
+    Ok(())
+}
+
+/// Checks a path under the guest's home directory and returns it normalised: `.` and empty
+/// components dropped, `..` applied. The guest re-checks the result and resolves it without
+/// ever leaving the home directory, even through symlinks; this check gives the caller a
+/// clear error early. `allow_home` accepts the empty path (the home directory itself).
+///
+/// ```
+/// use sandbox::normalize_guest_path;
+/// assert_eq!(normalize_guest_path("./data//a/../b.csv", false).unwrap(), "data/b.csv");
+/// assert!(normalize_guest_path("../etc/passwd", false).is_err());
+/// assert!(normalize_guest_path("/etc/passwd", false).is_err());
+/// ```
+pub fn normalize_guest_path(path: &str, allow_home: bool) -> Result<String, ValidationError> {
+    if let Some(offset) = path.bytes().position(|b| b == 0) {
+        return Err(ValidationError::PathNul { offset });
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(ValidationError::PathTooLong {
+            len: path.len(),
+            max: MAX_PATH_BYTES,
+        });
+    }
+    if path.starts_with('/') {
+        return Err(ValidationError::PathAbsolute {
+            path: path.to_string(),
+        });
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for component in path.split('/') {
+        match component {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(ValidationError::PathEscapes {
+                        path: path.to_string(),
+                    });
+                }
+            }
+            name if name.len() > MAX_PATH_COMPONENT_BYTES => {
+                return Err(ValidationError::PathComponentTooLong {
+                    component: name.chars().take(40).collect::<String>() + "…",
+                    len: name.len(),
+                    max: MAX_PATH_COMPONENT_BYTES,
+                })
+            }
+            name => parts.push(name),
+        }
+    }
+    if parts.is_empty() && !allow_home {
+        return Err(ValidationError::PathEmpty);
+    }
+    Ok(parts.join("/"))
+}
+
+pub fn validate_idle_timeout(idle: Duration) -> Result<(), ValidationError> {
+    if idle < MIN_IDLE_TIMEOUT || idle > MAX_IDLE_TIMEOUT {
+        return Err(ValidationError::IdleTimeout {
+            given_ms: idle.as_millis(),
+            min_s: MIN_IDLE_TIMEOUT.as_secs(),
+            max_s: MAX_IDLE_TIMEOUT.as_secs(),
+        });
     }
     Ok(())
 }
@@ -348,6 +449,44 @@ mod tests {
             let err = validate(&req("1").extension(bad)).unwrap_err();
             assert_eq!(err.field(), "extension", "{bad}");
         }
+    }
+
+    #[test]
+    fn guest_paths() {
+        let ok = |p: &str| normalize_guest_path(p, false).unwrap();
+        assert_eq!(ok("a.txt"), "a.txt");
+        assert_eq!(ok("a/./b//c/"), "a/b/c");
+        assert_eq!(ok("a/b/../../c"), "c");
+        assert_eq!(ok("..."), "...");
+        assert_eq!(ok(&"x".repeat(255)), "x".repeat(255));
+        assert_eq!(normalize_guest_path("", true).unwrap(), "");
+        assert_eq!(normalize_guest_path("a/..", true).unwrap(), "");
+        let err = |p: &str| normalize_guest_path(p, false).unwrap_err();
+        assert_eq!(err(""), ValidationError::PathEmpty);
+        assert_eq!(err("a/.."), ValidationError::PathEmpty);
+        assert!(matches!(
+            err("/etc/x"),
+            ValidationError::PathAbsolute { .. }
+        ));
+        assert!(matches!(
+            err("../../etc/x"),
+            ValidationError::PathEscapes { .. }
+        ));
+        assert!(matches!(
+            err("a/../../x"),
+            ValidationError::PathEscapes { .. }
+        ));
+        assert!(matches!(
+            err("a\0b"),
+            ValidationError::PathNul { offset: 1 }
+        ));
+        assert!(matches!(
+            err(&"x".repeat(256)),
+            ValidationError::PathComponentTooLong { len: 256, .. }
+        ));
+        let long = vec!["d"; 2049].join("/");
+        assert!(matches!(err(&long), ValidationError::PathTooLong { .. }));
+        assert_eq!(err("/x").field(), "path");
     }
 
     #[test]

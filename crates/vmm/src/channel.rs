@@ -65,6 +65,24 @@ impl AgentChannel {
     }
 }
 
+impl AgentChannel {
+    /// A message that has already arrived, without waiting; `None` when there is none yet
+    /// (or the peer closed, which the next [`AgentChannel::recv`] reports).
+    pub fn try_recv(&mut self) -> Result<Option<GuestMessage>, ChannelError> {
+        loop {
+            if let Some(msg) = self.decoder.next_frame::<GuestMessage>()? {
+                return Ok(Some(msg));
+            }
+            match self.stream.try_read(&mut self.buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.decoder.push(&self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 /// Retries connecting every `interval` until `give_up` returns `Some(err)`.
 pub async fn connect_retrying<E>(
     path: &Path,

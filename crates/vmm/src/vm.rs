@@ -148,6 +148,12 @@ impl Vm {
         recv_watched(&mut self.inst, &mut self.channel).await
     }
 
+    /// A message that has already arrived, without waiting (for noticing an early answer
+    /// while streaming a long request).
+    pub fn try_recv(&mut self) -> Result<Option<GuestMessage>, ChannelError> {
+        self.channel.try_recv()
+    }
+
     pub fn pid(&self) -> u32 {
         self.inst.pid()
     }
