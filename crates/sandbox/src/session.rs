@@ -139,8 +139,12 @@ struct Live {
 enum Fault {
     /// The guest answered; the session goes on.
     Call(Error),
-    /// The VM or transport failed: the session is closed with this reason.
+    /// The VM or transport failed before anything ran: the session is closed with this
+    /// reason and the call gets [`Error::SessionClosed`].
     Transport(String),
+    /// The VM or transport failed after the code was sent: the session is closed and the
+    /// call gets this error ([`Error::OutcomeUnknown`]).
+    Lost(Error),
 }
 
 impl From<Error> for Fault {
@@ -245,7 +249,7 @@ impl Session {
                     // The guest could not start its REPL: the VM itself is fine.
                     Error::Permanent(PermanentError::GuestCannotRun(_)) => Fault::Call(e),
                     Error::Transient(t) => Fault::Transport(t.to_string()),
-                    other => Fault::Transport(other.to_string()),
+                    other => Fault::Lost(other),
                 })?;
             let completion = &outcome.completion;
             let result = ExecutionResult {
@@ -386,6 +390,10 @@ impl Turn<'_> {
                 let err = Error::SessionClosed {
                     reason: reason.clone(),
                 };
+                (Err(err), Some(reason))
+            }
+            Err(Fault::Lost(err)) => {
+                let reason = format!("the VM failed during a call: {err}");
                 (Err(err), Some(reason))
             }
         };
