@@ -1,9 +1,12 @@
 //! `sbx-agent`: started by `guest-init` inside the language root filesystem. Announces
 //! itself with `Ready`, then runs `Exec` requests one after another until the channel
-//! breaks; any exit makes init power the VM off.
+//! breaks; any exit makes init power the VM off. Persistent (session) execs go to the
+//! language's REPL, which lives across requests; while waiting for the next request the
+//! agent keeps draining the REPLs' output.
 
 use guest_agent::channel::{self, Channel, ChannelError};
 use guest_agent::engine::{self, Job};
+use guest_agent::repl::{self, Repls};
 use guest_agent::{code, files, host_state};
 use protocol::{ExecRequest, GuestMessage, HostMessage, Language, PROTOCOL_VERSION};
 use std::path::Path;
@@ -16,6 +19,9 @@ const USER_GID: u32 = 1000;
 const HOME: &str = "/home/user";
 /// Under `/run` (root-owned tmpfs), so the user can read the code but not replace it.
 const CODE_DIR: &str = "/run/sbx/code";
+/// The REPL driver programs and the per-call cell files, likewise.
+const DRIVER_DIR: &str = "/run/sbx/drivers";
+const CELLS_DIR: &str = "/run/sbx/cells";
 /// SIGTERM → SIGKILL on timeout.
 const GRACE: Duration = Duration::from_secs(1);
 /// The port device appears shortly after `virtio_console` loads.
@@ -44,8 +50,25 @@ fn serve() -> Result<(), ChannelError> {
         gid: USER_GID,
         home: HOME.into(),
     };
+    let mut repls = Repls::new(repl::Setup {
+        python: interpreter(Language::Python).0.into(),
+        bun: interpreter(Language::Javascript).0.into(),
+        bash: interpreter(Language::Raw).0.into(),
+        driver_dir: DRIVER_DIR.into(),
+        cells_dir: CELLS_DIR.into(),
+        uid: USER_UID,
+        gid: USER_GID,
+        home: HOME.into(),
+        env: environment(Vec::new()),
+        grace: GRACE,
+    });
     loop {
-        match chan.recv()? {
+        match chan.recv_serving(&mut repls)? {
+            HostMessage::Exec(req) if req.persistent => {
+                persistent_exec(&mut chan, &mut repls, req)?
+            }
+            // A one-shot run ends by killing every process of the user, REPLs included;
+            // the next persistent call then starts a fresh one.
             HostMessage::Exec(req) => exec(&mut chan, req)?,
             HostMessage::WriteFile { path, executable } => {
                 files::write(&mut chan, &user, &path, executable)?
@@ -54,22 +77,51 @@ fn serve() -> Result<(), ChannelError> {
             HostMessage::ListFiles { path } => files::list(&mut chan, &user, &path)?,
             // Only valid inside a write, where `files::write` consumes them; a stray one is
             // a host bug, and answering it would desynchronise the conversation.
-            HostMessage::FileData { .. } | HostMessage::FileEnd => {
+            HostMessage::FileData { .. } | HostMessage::FileEnd | HostMessage::FileAbort => {
                 eprintln!("sbx-agent: file data outside a write, ignored")
             }
         }
     }
 }
 
-fn exec(chan: &mut Channel, req: ExecRequest) -> Result<(), ChannelError> {
-    let received = Instant::now();
-    // Not fatal: the code can still run, only with a stale clock or a less fresh pool.
+/// Applies what the host hands over with every request. Not fatal: the code can still
+/// run, only with a stale clock or a less fresh pool.
+fn take_host_state(req: &ExecRequest) {
     if let Err(e) = host_state::set_clock(req.unix_time_ms) {
         eprintln!("sbx-agent: setting the clock: {e}");
     }
     if let Err(e) = host_state::add_entropy(&req.entropy) {
         eprintln!("sbx-agent: adding entropy: {e}");
     }
+}
+
+fn persistent_exec(
+    chan: &mut Channel,
+    repls: &mut Repls,
+    req: ExecRequest,
+) -> Result<(), ChannelError> {
+    let received = Instant::now();
+    take_host_state(&req);
+    let mut send_err = None;
+    let ran = repls.exec(&req, received, &mut |msg| {
+        chan.send(&msg).map_err(|e| {
+            let io = std::io::Error::other(e.to_string());
+            send_err = Some(e);
+            io
+        })
+    });
+    match (ran, send_err) {
+        (_, Some(e)) => Err(e),
+        (Err(e), None) => chan.send(&GuestMessage::Failed {
+            message: format!("agent error: {e}"),
+        }),
+        (Ok(()), None) => Ok(()),
+    }
+}
+
+fn exec(chan: &mut Channel, req: ExecRequest) -> Result<(), ChannelError> {
+    let received = Instant::now();
+    take_host_state(&req);
     let (program, default_ext) = interpreter(req.language);
     // The host validated it; checking again keeps a bad one from naming an odd file.
     let ext = req

@@ -109,7 +109,7 @@ fn exec_with(program: &str, ext: &str, code: &str, tweak: impl FnOnce(&mut Job))
             } => out.stderr.extend(data),
             GuestMessage::Completed(c) => out.done = Some(c),
             GuestMessage::Failed { message } => out.failed = Some(message),
-            GuestMessage::Ready { .. } => panic!("engine sent Ready"),
+            other => panic!("engine sent {other:?}"),
         }
         Ok(())
     })
