@@ -116,7 +116,7 @@ async fn python_keeps_state_like_a_notebook() {
     let after = exec(&s, "print('x' in globals())").await;
     assert_eq!(text(&after.stdout), "False\n");
     assert_eq!(after.repl.map(|r| r.fresh), Some(true));
-    assert_eq!(s.exec_count(), 12);
+    assert_eq!(s.exec_count(), 11);
 
     s.close().await;
     assert!(matches!(

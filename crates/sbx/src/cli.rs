@@ -26,7 +26,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ImagesCommand,
     },
-    /// Measure cold runs against the boot floor and native execution.
+    /// An interactive session: one VM whose REPL keeps its state from block to block.
+    /// With stdin not a terminal, runs the blocks read from stdin and exits with the last
+    /// one's status.
+    Session(SessionArgs),
+    /// Measure cold runs against the boot floor and native execution, session calls, and
+    /// file transfers against host loopback TCP.
     Bench(BenchArgs),
 }
 
@@ -57,6 +62,38 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     /// No progress or status messages from sbx itself.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Copy a local file into the guest before the code runs (GUEST is relative to
+    /// /home/user; default: the file's name; a GUEST ending in `/` is a directory). Split at
+    /// the last `:`. Repeatable.
+    #[arg(long, value_name = "LOCAL[:GUEST]")]
+    pub upload: Vec<String>,
+    /// Copy a guest file (relative to /home/user) out after the code ran, even if it failed
+    /// or timed out (default LOCAL: the file's name in the current directory; an existing
+    /// directory or one ending in `/` receives the file). Split at the first `:`. Repeatable.
+    #[arg(long, value_name = "GUEST[:LOCAL]")]
+    pub download: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// Language: python, javascript (also TypeScript) or raw (bash).
+    #[arg(short, long, value_parser = parse_language, default_value = "python")]
+    pub language: sandbox::Language,
+    /// Timeout for each block, in seconds (1–300).
+    #[arg(short, long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Guest memory in MiB (128–16384).
+    #[arg(short, long, value_name = "MB", default_value_t = sandbox::DEFAULT_MEMORY_MB)]
+    pub memory: u32,
+    /// Stop the VM after this many seconds without a block.
+    #[arg(long, value_name = "SECONDS", default_value_t = sandbox::DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
+    pub idle_timeout: f64,
+    /// Environment variable for every block; repeatable.
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// No banner or status notes from sbx itself.
     #[arg(short, long)]
     pub quiet: bool,
 }
@@ -97,6 +134,9 @@ pub struct BenchArgs {
     /// Write the raw samples as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Size of the file for the upload/download throughput measurement, in MiB (0 skips it).
+    #[arg(long, value_name = "MB", default_value_t = 64)]
+    pub transfer_mb: u64,
 }
 
 fn parse_language(s: &str) -> Result<sandbox::Language, String> {

@@ -6,6 +6,9 @@
 
 /// Bad command line or rejected request (nothing started).
 pub const USAGE: i32 = 2;
+/// A file transfer failed: an `--upload` (the code did not run), or a `--download` after
+/// code that exited 0. The code's own non-zero status wins over this one.
+pub const TRANSFER: i32 = 123;
 /// The code hit its timeout.
 pub const TIMEOUT: i32 = 124;
 /// The sandbox failed and the code did not run (safe to retry if transient).
@@ -25,6 +28,9 @@ pub fn for_error(err: &sandbox::Error) -> i32 {
         sandbox::Error::Transient(_) | sandbox::Error::Permanent(_) => INFRA,
         sandbox::Error::OutcomeUnknown { .. } => OUTCOME_UNKNOWN,
         sandbox::Error::Cancelled => INTERRUPTED,
+        // The VM is gone; whether a call in flight ran is in the message.
+        sandbox::Error::SessionClosed { .. } => INFRA,
+        sandbox::Error::File(_) => TRANSFER,
     }
 }
 

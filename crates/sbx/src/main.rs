@@ -5,13 +5,16 @@
 //! images by itself.
 
 mod bench;
+mod blocks;
 mod cli;
 mod doctor;
 mod exit;
 mod images_cmd;
 mod progress;
 mod run;
+mod session;
 mod signals;
+mod transfer;
 
 use clap::Parser;
 
@@ -19,10 +22,10 @@ use cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run(_)) {
+    if !matches!(cli.command, Command::Run(_) | Command::Session(_)) {
         // Reports piped into `head` and the like should end quietly when the reader goes
-        // away, as Unix tools do. `run` keeps SIGPIPE ignored: it must outlive a closed
-        // stdout long enough to stop its VM, and it ignores write errors instead.
+        // away, as Unix tools do. `run` and `session` keep SIGPIPE ignored: they must
+        // outlive a closed stdout long enough to stop their VM, and handle write errors.
         // SAFETY: setting a signal disposition before any thread exists.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
@@ -62,6 +65,16 @@ async fn dispatch(cli: Cli) -> i32 {
             if let Err(e) = sandbox::validate(&request) {
                 return run::report_error(&sandbox::Error::Invalid(e), args.json);
             }
+            let plan = match transfer::plan(&args.upload, &args.download) {
+                Ok(p) => p,
+                Err(run::InputError::Usage(msg)) => {
+                    eprintln!("sbx: {msg}");
+                    return exit::USAGE;
+                }
+                Err(run::InputError::Invalid(e)) => {
+                    return run::report_error(&sandbox::Error::Invalid(e), args.json)
+                }
+            };
             let scheduler = match scheduler().await {
                 Ok(s) => s,
                 Err(e) => return run::report_error(&e, args.json),
@@ -70,7 +83,37 @@ async fn dispatch(cli: Cli) -> i32 {
                 Ok(i) => i,
                 Err(code) => return code,
             };
-            let code = run::run(args, scheduler.clone(), request, interrupts).await;
+            let code = run::run(args, scheduler.clone(), request, plan, interrupts).await;
+            scheduler.shutdown().await;
+            code
+        }
+        Command::Session(args) => {
+            let prepared = match session::prepare(&args) {
+                Ok(p) => p,
+                Err(run::InputError::Usage(msg)) => {
+                    eprintln!("sbx: {msg}");
+                    return exit::USAGE;
+                }
+                Err(run::InputError::Invalid(e)) => {
+                    return run::report_error(&sandbox::Error::Invalid(e), false)
+                }
+            };
+            let scheduler = match scheduler().await {
+                Ok(s) => s,
+                Err(e) => return run::report_error(&e, false),
+            };
+            let registry = scheduler.registry().clone();
+            let signals = match signals::SignalStream::install(move || {
+                registry.kill_all();
+                session::terminal::restore();
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("sbx: cannot install signal handlers: {e}");
+                    return exit::INFRA;
+                }
+            };
+            let code = session::session(args, scheduler.clone(), prepared, signals).await;
             scheduler.shutdown().await;
             code
         }
@@ -108,7 +151,11 @@ async fn scheduler() -> Result<sandbox::Scheduler, sandbox::Error> {
 
 fn install_interrupts(scheduler: &sandbox::Scheduler) -> Result<signals::Interrupts, i32> {
     let registry = scheduler.registry().clone();
-    signals::Interrupts::install(move || registry.kill_all()).map_err(|e| {
+    signals::Interrupts::install(move || {
+        registry.kill_all();
+        transfer::remove_partial_files();
+    })
+    .map_err(|e| {
         eprintln!("sbx: cannot install signal handlers: {e}");
         exit::INFRA
     })

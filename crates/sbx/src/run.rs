@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sandbox::{Language, RunRequest, Scheduler, Stream};
@@ -11,6 +11,7 @@ use crate::cli::RunArgs;
 use crate::exit;
 use crate::progress::BuildProgress;
 use crate::signals::Interrupts;
+use crate::transfer::{self, Plan};
 
 /// A problem with the command line or the code it names, found before any request exists.
 #[derive(Debug)]
@@ -36,33 +37,40 @@ pub fn build_request(args: &RunArgs) -> Result<RunRequest, InputError> {
         .as_deref()
         .and_then(|p| p.extension()?.to_str().map(str::to_ascii_lowercase))
         .filter(|e| language.extensions().contains(&e.as_str()));
-    if args.timeout.is_nan() || args.timeout.is_infinite() {
-        return Err(usage(format!(
-            "--timeout {}: not a finite number of seconds",
-            args.timeout
-        )));
-    }
-    if args.timeout < 0.0 {
-        return Err(usage(format!(
-            "--timeout {}: must not be negative",
-            args.timeout
-        )));
-    }
-    let mut env = Vec::with_capacity(args.env.len());
-    for item in &args.env {
-        let (k, v) = item
-            .split_once('=')
-            .ok_or_else(|| usage(format!("--env {item:?}: expected KEY=VALUE")))?;
-        env.push((k.to_string(), v.to_string()));
-    }
-    // Durations past the allowed maximum saturate rather than overflow; validation rejects them.
-    let timeout = Duration::try_from_secs_f64(args.timeout).unwrap_or(Duration::MAX);
+    let timeout = parse_timeout(args.timeout, "--timeout")?;
+    let env = parse_env(&args.env)?;
     let mut request = RunRequest::new(language, code)
         .timeout(timeout)
         .memory_mb(args.memory)
         .env(env);
     request.extension = extension;
     Ok(request)
+}
+
+/// A number of seconds from the command line. Durations past the allowed maximum saturate
+/// rather than overflow; validation rejects them with the accepted range.
+pub fn parse_timeout(seconds: f64, flag: &str) -> Result<Duration, InputError> {
+    if seconds.is_nan() || seconds.is_infinite() {
+        return Err(usage(format!(
+            "{flag} {seconds}: not a finite number of seconds"
+        )));
+    }
+    if seconds < 0.0 {
+        return Err(usage(format!("{flag} {seconds}: must not be negative")));
+    }
+    Ok(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
+}
+
+/// `-e KEY=VALUE` items as pairs (validated later, with the request).
+pub fn parse_env(items: &[String]) -> Result<Vec<(String, String)>, InputError> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| usage(format!("--env {item:?}: expected KEY=VALUE")))
+        })
+        .collect()
 }
 
 /// The code, and the file it came from, if any.
@@ -156,10 +164,82 @@ pub fn language_for_path(path: &Path) -> Option<Language> {
     }
 }
 
+/// Where a run's streamed output goes: our stdout and stderr, byte for byte. Write errors
+/// (a closed pipe, a full disk) must not abort the run, since its result still counts: the
+/// first one is kept for the end, and a reader that went away is signalled so the caller
+/// can stop the run as a Unix filter would die of SIGPIPE.
+#[derive(Clone)]
+pub struct OutputSink {
+    silent: bool,
+    failure: Arc<Mutex<Option<std::io::Error>>>,
+    reader_gone: Arc<tokio::sync::Notify>,
+}
+
+impl OutputSink {
+    /// `silent` drops the output (it is printed as JSON at the end instead).
+    pub fn new(silent: bool) -> OutputSink {
+        OutputSink {
+            silent,
+            failure: Arc::new(Mutex::new(None)),
+            reader_gone: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    pub fn write(&self, chunk: sandbox::OutputChunk) {
+        if self.silent {
+            return;
+        }
+        let written = match chunk.stream {
+            Stream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&chunk.data).and_then(|_| out.flush())
+            }
+            Stream::Stderr => {
+                let mut err = std::io::stderr().lock();
+                err.write_all(&chunk.data).and_then(|_| err.flush())
+            }
+        };
+        match written {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => self.reader_gone.notify_one(),
+            Err(e) => {
+                if let Ok(mut slot) = self.failure.lock() {
+                    slot.get_or_insert(e);
+                }
+            }
+            Ok(()) => {}
+        }
+    }
+
+    /// Resolves when whoever reads our output has gone away.
+    pub async fn reader_gone(&self) {
+        self.reader_gone.notified().await
+    }
+
+    /// Reports the first write error, if any.
+    pub fn report_failure(&self) {
+        if let Some(e) = self.failure.lock().ok().and_then(|mut f| f.take()) {
+            eprintln!("sbx: some output could not be written: {e}");
+        }
+    }
+}
+
+/// Notes on stderr about streams cut at their cap.
+pub fn report_caps(result: &sandbox::ExecutionResult) {
+    for (cut, name, cap) in [
+        (result.stdout_truncated, "stdout", sandbox::STDOUT_CAP),
+        (result.stderr_truncated, "stderr", sandbox::STDERR_CAP),
+    ] {
+        if cut {
+            eprintln!("sbx: {name} was cut at its {} KiB cap", cap / 1024);
+        }
+    }
+}
+
 pub async fn run(
     args: RunArgs,
     scheduler: Scheduler,
     request: RunRequest,
+    plan: Plan,
     interrupts: Interrupts,
 ) -> i32 {
     let quiet = args.quiet || args.json;
@@ -178,39 +258,14 @@ pub async fn run(
             _ = interrupts.first() => return interrupted(args.json, quiet),
         }
     }
+    if !plan.is_empty() {
+        return run_with_files(args, scheduler, request, plan, interrupts).await;
+    }
 
-    let json = args.json;
-    // Write errors (a closed pipe, a full disk) must not abort the run: the result still
-    // counts. The first one is reported at the end.
-    let write_failure = std::sync::Arc::new(std::sync::Mutex::new(None::<std::io::Error>));
-    let failures = write_failure.clone();
-    // Whoever reads our output went away (`sbx run … | head`): stop the run, as a Unix
-    // filter would die of SIGPIPE, instead of computing output nobody will read.
-    let reader_gone = Arc::new(tokio::sync::Notify::new());
-    let gone = reader_gone.clone();
-    let on_output = move |chunk: sandbox::OutputChunk| {
-        if json {
-            return;
-        }
-        let written = match chunk.stream {
-            Stream::Stdout => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&chunk.data).and_then(|_| out.flush())
-            }
-            Stream::Stderr => {
-                let mut err = std::io::stderr().lock();
-                err.write_all(&chunk.data).and_then(|_| err.flush())
-            }
-        };
-        match written {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => gone.notify_one(),
-            Err(e) => {
-                if let Ok(mut slot) = failures.lock() {
-                    slot.get_or_insert(e);
-                }
-            }
-            Ok(()) => {}
-        }
+    let sink = OutputSink::new(args.json);
+    let on_output = {
+        let sink = sink.clone();
+        move |chunk| sink.write(chunk)
     };
     let outcome = tokio::select! {
         outcome = scheduler.run_streaming(request, on_output) => outcome,
@@ -218,35 +273,148 @@ pub async fn run(
             // The run future is dropped here, which kills its VM and removes its files.
             return interrupted(args.json, quiet);
         }
-        _ = reader_gone.notified() => return exit::BROKEN_PIPE,
+        _ = sink.reader_gone() => return exit::BROKEN_PIPE,
     };
     match outcome {
         Ok(result) => {
             if args.json {
                 if let Err(e) = print_json(&result) {
-                    eprintln!(
-                        "sbx: the code ran (exit code {}), but its JSON result could not be written: {e}",
-                        result.exit_code
-                    );
-                    return exit::INFRA;
+                    return json_unwritable(result.exit_code, &e);
                 }
             } else if !quiet {
-                for (cut, name, cap) in [
-                    (result.stdout_truncated, "stdout", sandbox::STDOUT_CAP),
-                    (result.stderr_truncated, "stderr", sandbox::STDERR_CAP),
-                ] {
-                    if cut {
-                        eprintln!("sbx: {name} was cut at its {} KiB cap", cap / 1024);
-                    }
-                }
+                report_caps(&result);
             }
-            if let Some(e) = write_failure.lock().ok().and_then(|mut f| f.take()) {
-                eprintln!("sbx: some output could not be written: {e}");
-            }
+            sink.report_failure();
             exit::for_result(&result)
         }
         Err(e) => report_error(&e, args.json),
     }
+}
+
+fn json_unwritable(exit_code: i32, e: &std::io::Error) -> i32 {
+    eprintln!(
+        "sbx: the code ran (exit code {exit_code}), but its JSON result could not be written: {e}"
+    );
+    exit::INFRA
+}
+
+/// How a run with files ended, before it is reported.
+enum FilesOutcome {
+    /// An upload failed; the code did not run.
+    UploadFailed,
+    Ran(Result<sandbox::ExecutionResult, sandbox::Error>),
+}
+
+/// `sbx run` with `--upload`/`--download`: the same run, in a session so the files can go
+/// in before the code and come out after it. Downloads happen whatever the code did —
+/// a failure or a timeout is when its logs matter most.
+async fn run_with_files(
+    args: RunArgs,
+    scheduler: Scheduler,
+    request: RunRequest,
+    plan: Plan,
+    interrupts: Interrupts,
+) -> i32 {
+    let quiet = args.quiet || args.json;
+    let sink = OutputSink::new(args.json);
+    let mut uploads = Vec::new();
+    let mut downloads = Vec::new();
+    let work = async {
+        let options = sandbox::SessionOptions::new(request.language).memory_mb(request.memory_mb);
+        let session = scheduler.session(options).await?;
+        for up in &plan.uploads {
+            let record = transfer::upload(&session, up).await;
+            let failed = record.error.is_some();
+            uploads.push(record);
+            if failed {
+                session.close().await;
+                return Ok(FilesOutcome::UploadFailed);
+            }
+        }
+        let on_output = {
+            let sink = sink.clone();
+            move |chunk| sink.write(chunk)
+        };
+        let ran = session
+            .exec_streaming(
+                &request.code,
+                request.timeout,
+                request.env.clone(),
+                on_output,
+            )
+            .await;
+        for down in &plan.downloads {
+            downloads.push(transfer::download(&session, down).await);
+        }
+        session.close().await;
+        Ok::<_, sandbox::Error>(FilesOutcome::Ran(ran))
+    };
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        // Dropping the work kills the session's VM; a download in progress removes its
+        // temporary file.
+        _ = interrupts.first() => return interrupted(args.json, quiet),
+        _ = sink.reader_gone() => return exit::BROKEN_PIPE,
+    };
+    if !args.json {
+        for (what, records) in [("upload", &uploads), ("download", &downloads)] {
+            for r in records {
+                if let Some(e) = &r.error {
+                    eprintln!("sbx: {what} {}: {e}", r.guest);
+                }
+            }
+        }
+    }
+    let transfers_failed = uploads.iter().chain(&downloads).any(|r| r.error.is_some());
+    let files = serde_json::json!({ "uploads": uploads, "downloads": downloads });
+    match outcome {
+        Err(e) => report_error_with(&e, args.json, files),
+        Ok(FilesOutcome::UploadFailed) => {
+            if args.json {
+                let _ = print_json(&merge(
+                    serde_json::json!({ "error": {
+                        "kind": "file",
+                        "message": "an upload failed; the code did not run",
+                        "retry_safe": false,
+                        "code_may_have_run": false,
+                    }}),
+                    files,
+                ));
+            }
+            exit::TRANSFER
+        }
+        Ok(FilesOutcome::Ran(Err(e))) => report_error_with(&e, args.json, files),
+        Ok(FilesOutcome::Ran(Ok(result))) => {
+            if args.json {
+                let mut value = match serde_json::to_value(&result) {
+                    Ok(v) => v,
+                    Err(e) => return json_unwritable(result.exit_code, &std::io::Error::other(e)),
+                };
+                // `run` is one program, not a REPL: the session underneath is a detail.
+                if let Some(obj) = value.as_object_mut() {
+                    obj.remove("repl");
+                }
+                if let Err(e) = print_json(&merge(value, files)) {
+                    return json_unwritable(result.exit_code, &e);
+                }
+            } else if !quiet {
+                report_caps(&result);
+            }
+            sink.report_failure();
+            match exit::for_result(&result) {
+                0 if transfers_failed => exit::TRANSFER,
+                status => status,
+            }
+        }
+    }
+}
+
+/// `base` with the fields of `extra` added (both objects).
+fn merge(mut base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    if let (Some(b), serde_json::Value::Object(e)) = (base.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    base
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> std::io::Result<()> {
@@ -270,15 +438,23 @@ pub fn interrupted(json: bool, quiet: bool) -> i32 {
 }
 
 pub fn report_error(err: &sandbox::Error, json: bool) -> i32 {
+    report_error_with(err, json, serde_json::json!({}))
+}
+
+/// [`report_error`], with `extra` fields beside `error` in the JSON object.
+fn report_error_with(err: &sandbox::Error, json: bool, extra: serde_json::Value) -> i32 {
     if json {
-        let _ = print_json(&serde_json::json!({
-            "error": {
-                "kind": err.kind(),
-                "message": err.to_string(),
-                "retry_safe": err.is_retry_safe(),
-                "code_may_have_run": err.code_may_have_run(),
-            }
-        }));
+        let _ = print_json(&merge(
+            serde_json::json!({
+                "error": {
+                    "kind": err.kind(),
+                    "message": err.to_string(),
+                    "retry_safe": err.is_retry_safe(),
+                    "code_may_have_run": err.code_may_have_run(),
+                }
+            }),
+            extra,
+        ));
     } else {
         eprintln!("sbx: {err}");
     }
