@@ -16,6 +16,8 @@ have mmdebstrap || missing+=(mmdebstrap)
 have mkfs.erofs || missing+=(erofs-utils)
 have dpkg-deb || missing+=(dpkg)
 have cpio || missing+=(cpio)
+# mke2fs formats each VM's home disk; it lives in /sbin, off a normal user's PATH.
+{ have mke2fs || [ -x /usr/sbin/mke2fs ] || [ -x /sbin/mke2fs ]; } || missing+=(e2fsprogs)
 have python3 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 have npm || missing+=(npm)

@@ -66,7 +66,10 @@ fn boot() -> Result<(), InitError> {
     mounts::mount_fs("sysfs", "/sys", "sysfs", mounts::PSEUDO, None)?;
     modules::load_all(Path::new(modules::MODULE_DIR));
     console::trace("modules loaded");
-    rootfs::prepare(Path::new(AGENT_IN_INITRAMFS))?;
+    rootfs::prepare(
+        Path::new(AGENT_IN_INITRAMFS),
+        has_flag(protocol::HOME_DISK_CMDLINE_FLAG),
+    )?;
     rootfs::switch()?;
     console::trace("root switched");
     // Neither is fatal: code that needs 127.0.0.1 or the hostname fails visibly, the rest runs.

@@ -1,8 +1,9 @@
 //! Building the final root under /newroot and switching into it.
 //!
-//! Layout after the switch: the language image (EROFS, read-only, nosuid) as `/`, tmpfs on
-//! `/home/user` (owned by the sandbox user), `/tmp` and `/run`, and `/dev`, `/proc`, `/sys`
-//! moved over from the initramfs. The writable tmpfs areas share a budget that leaves a
+//! Layout after the switch: the language image (EROFS, read-only, nosuid) as `/`, the home
+//! disk (ext4, owned by the sandbox user; a tmpfs when the host attached none) on
+//! `/home/user`, tmpfs on `/tmp` and `/run`, and `/dev`, `/proc`, `/sys` moved over from
+//! the initramfs. The writable tmpfs areas share a budget that leaves a
 //! fixed reserve of memory to the kernel, init and agent (see [`TmpfsBudget`]). The agent is copied to `/run/sbx/agent` (root, 0700) so
 //! it runs inside the same root as the code, yet the code can neither read nor replace it.
 
@@ -15,29 +16,46 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const NEWROOT: &str = "/newroot";
-const ROOT_DISK: &str = "/dev/vda";
+const HOME: &str = "/newroot/home/user";
 /// virtio-blk usually shows up within milliseconds of the module loading.
 const DISK_WAIT: Duration = Duration::from_secs(5);
 /// The agent's path once the switch is done.
 pub const AGENT_PATH: &str = "/run/sbx/agent";
 
-/// Mounts everything under /newroot and installs the agent there.
-pub fn prepare(agent: &Path) -> Result<(), InitError> {
-    wait_for(ROOT_DISK, DISK_WAIT)?;
+/// Mounts everything under /newroot and installs the agent there. `home_disk`: the host
+/// attached a home disk ([`protocol::HOME_DISK_CMDLINE_FLAG`]); otherwise home is a tmpfs.
+pub fn prepare(agent: &Path, home_disk: bool) -> Result<(), InitError> {
+    let root = wait_for_disk(protocol::ROOT_DISK_SERIAL, DISK_WAIT)?;
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
-    mount_fs(ROOT_DISK, NEWROOT, "erofs", ro, None)?;
+    mount_fs(&root, NEWROOT, "erofs", ro, None)?;
 
-    let budget = TmpfsBudget::from_meminfo();
-    mount_fs(
-        "tmpfs",
-        "/newroot/home/user",
-        "tmpfs",
-        SCRATCH,
-        Some(&format!(
-            "mode=0755,uid=1000,gid=1000,size={}k",
-            budget.home_kib
-        )),
-    )?;
+    let budget = TmpfsBudget::from_meminfo(!home_disk);
+    if home_disk {
+        let home = wait_for_disk(protocol::HOME_DISK_SERIAL, DISK_WAIT)?;
+        // `noinit_itable`: the host left the inode tables unwritten (the image is sparse, so
+        // they read as zeros); zeroing them in the background would only burn guest CPU.
+        // `discard`: deleting a file gives its space back to the host.
+        mount_fs(
+            &home,
+            HOME,
+            "ext4",
+            SCRATCH | MsFlags::MS_NOATIME,
+            Some("noinit_itable,discard"),
+        )?;
+        // mke2fs gives every new filesystem a lost+found; a home directory starts empty.
+        let _ = fs::remove_dir(format!("{HOME}/lost+found"));
+    } else {
+        mount_fs(
+            "tmpfs",
+            HOME,
+            "tmpfs",
+            SCRATCH,
+            Some(&format!(
+                "mode=0755,uid=1000,gid=1000,size={}k",
+                budget.home_kib
+            )),
+        )?;
+    }
     mount_fs(
         "tmpfs",
         "/newroot/tmp",
@@ -74,8 +92,10 @@ pub fn switch() -> Result<(), InitError> {
 /// Sizes of the writable tmpfs areas. Their pages cannot be reclaimed by killing a process,
 /// so if code could fill them past what the unkillable parts (kernel, init, agent) need,
 /// the OOM killer would find nothing to kill and the kernel would panic. Whatever the VM
-/// size, [`RESERVE_KIB`] stays out of their reach; the rest is split 40/40/20.
+/// size, [`RESERVE_KIB`] stays out of their reach; the rest is split 40/40/20 between
+/// home, /tmp and /dev/shm, or 2/3 and 1/3 between /tmp and /dev/shm when home is on disk.
 struct TmpfsBudget {
+    /// Zero when home is on its own disk.
     home_kib: u64,
     tmp_kib: u64,
     shm_kib: u64,
@@ -87,7 +107,7 @@ const RESERVE_KIB: u64 = 64 * 1024;
 const MIN_AREA_KIB: u64 = 4 * 1024;
 
 impl TmpfsBudget {
-    fn from_meminfo() -> TmpfsBudget {
+    fn from_meminfo(home_in_memory: bool) -> TmpfsBudget {
         let total_kib = fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|s| {
@@ -101,31 +121,58 @@ impl TmpfsBudget {
                 })
             })
             .unwrap_or(128 * 1024);
-        TmpfsBudget::for_total(total_kib)
+        TmpfsBudget::for_total(total_kib, home_in_memory)
     }
 
-    fn for_total(total_kib: u64) -> TmpfsBudget {
+    fn for_total(total_kib: u64, home_in_memory: bool) -> TmpfsBudget {
         let budget = total_kib.saturating_sub(RESERVE_KIB);
-        TmpfsBudget {
-            home_kib: (budget * 2 / 5).max(MIN_AREA_KIB),
-            tmp_kib: (budget * 2 / 5).max(MIN_AREA_KIB),
-            shm_kib: (budget / 5).max(MIN_AREA_KIB),
+        if home_in_memory {
+            TmpfsBudget {
+                home_kib: (budget * 2 / 5).max(MIN_AREA_KIB),
+                tmp_kib: (budget * 2 / 5).max(MIN_AREA_KIB),
+                shm_kib: (budget / 5).max(MIN_AREA_KIB),
+            }
+        } else {
+            TmpfsBudget {
+                home_kib: 0,
+                tmp_kib: (budget * 2 / 3).max(MIN_AREA_KIB),
+                shm_kib: (budget / 3).max(MIN_AREA_KIB),
+            }
         }
     }
 }
 
-fn wait_for(path: &str, bound: Duration) -> Result<(), InitError> {
+/// Waits for the virtio disk whose serial is `serial` and returns its device node.
+fn wait_for_disk(serial: &str, bound: Duration) -> Result<String, InitError> {
     let start = Instant::now();
-    while !Path::new(path).exists() {
+    loop {
+        if let Some(dev) = disk_with_serial(serial) {
+            return Ok(dev);
+        }
         if start.elapsed() >= bound {
             return Err(InitError::Other(format!(
-                "{path} did not appear within {bound:?} (virtio devices: {})",
-                list_dir("/sys/bus/virtio/devices")
+                "no disk with serial {serial} within {bound:?} (virtio devices: {}; block devices: {})",
+                list_dir("/sys/bus/virtio/devices"),
+                list_dir("/sys/block")
             )));
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    Ok(())
+}
+
+/// `/dev/vdX` for the disk with that serial, once both its sysfs entry and its node exist.
+fn disk_with_serial(serial: &str) -> Option<String> {
+    fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let found = fs::read_to_string(entry.path().join("serial")).ok()?;
+            if found.trim_end() != serial {
+                return None;
+            }
+            let dev = format!("/dev/{}", entry.file_name().to_str()?);
+            Path::new(&dev).exists().then_some(dev)
+        })
 }
 
 /// Names in `dir`, for diagnostics.
@@ -219,17 +266,22 @@ mod tests {
 
     #[test]
     fn tmpfs_budget_always_leaves_the_reserve() {
-        for total_mib in [92u64, 128, 218, 1000, 16_000] {
-            let total = total_mib * 1024;
-            let b = TmpfsBudget::for_total(total);
-            let sum = b.home_kib + b.tmp_kib + b.shm_kib;
-            assert!(
-                sum + RESERVE_KIB <= total.max(RESERVE_KIB + 3 * MIN_AREA_KIB),
-                "{total_mib} MiB"
-            );
-            assert!(b.home_kib >= MIN_AREA_KIB && b.shm_kib >= MIN_AREA_KIB);
+        for home_in_memory in [true, false] {
+            for total_mib in [92u64, 128, 218, 1000, 16_000] {
+                let total = total_mib * 1024;
+                let b = TmpfsBudget::for_total(total, home_in_memory);
+                let sum = b.home_kib + b.tmp_kib + b.shm_kib;
+                assert!(
+                    sum + RESERVE_KIB <= total.max(RESERVE_KIB + 3 * MIN_AREA_KIB),
+                    "{total_mib} MiB"
+                );
+                assert!(b.tmp_kib >= MIN_AREA_KIB && b.shm_kib >= MIN_AREA_KIB);
+                assert_eq!(b.home_kib >= MIN_AREA_KIB, home_in_memory);
+            }
         }
-        let b = TmpfsBudget::for_total(218 * 1024);
+        let b = TmpfsBudget::for_total(218 * 1024, true);
         assert_eq!(b.home_kib, (218 - 64) * 1024 * 2 / 5);
+        let b = TmpfsBudget::for_total(218 * 1024, false);
+        assert_eq!(b.tmp_kib, (218 - 64) * 1024 * 2 / 3);
     }
 }

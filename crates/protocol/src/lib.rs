@@ -39,6 +39,16 @@ pub const AGENT_PORT_NAME: &str = "org.exec-sandbox.agent";
 /// anything or starting the agent. Used by the accelerator probe and the boot-floor benchmark.
 pub const PROBE_CMDLINE_FLAG: &str = "sbx.probe=1";
 
+/// Kernel command-line flag saying a home disk (virtio-blk serial [`HOME_DISK_SERIAL`], a
+/// fresh ext4 filesystem whose root belongs to uid 1000) is attached: the init waits for it
+/// and mounts it on `/home/user`. Without the flag the home directory is a tmpfs.
+pub const HOME_DISK_CMDLINE_FLAG: &str = "sbx.home=disk";
+
+/// virtio-blk serials, by which the init tells the disks apart (`/sys/block/vd*/serial`):
+/// the order of `vda`, `vdb` follows device probing, not the command line.
+pub const ROOT_DISK_SERIAL: &str = "sbx-root";
+pub const HOME_DISK_SERIAL: &str = "sbx-home";
+
 /// Line the init writes to the serial console in probe mode just before powering off.
 pub const PROBE_MARKER: &str = "SBX-PROBE-OK";
 

@@ -15,6 +15,10 @@ pub struct Config {
     /// Where per-VM work dirs and the process registry live (`$SBX_RUNTIME_DIR`, else
     /// `$XDG_RUNTIME_DIR/exec-sandbox`, else `/tmp/exec-sandbox-<uid>`).
     pub runtime_dir: PathBuf,
+    /// Where the VMs' home disk images go (`$SBX_SCRATCH_DIR`, else `scratch` in the cache
+    /// dir). Must be on a disk-backed filesystem: on tmpfs the guests' files would take host
+    /// memory. The images are unnamed files, so the directory always looks empty.
+    pub scratch_dir: PathBuf,
     /// QEMU binary (`$SBX_QEMU`); `None` searches `$PATH` for `qemu-system-x86_64`.
     pub qemu: Option<PathBuf>,
     /// `$SBX_ACCEL=kvm|tcg|auto`.
@@ -36,6 +40,10 @@ impl Config {
         let cache_dir = match env("SBX_CACHE_DIR") {
             Some(p) => PathBuf::from(p),
             None => images::ImageStore::open_default()?.root().to_path_buf(),
+        };
+        let scratch_dir = match env("SBX_SCRATCH_DIR") {
+            Some(p) => PathBuf::from(p),
+            None => cache_dir.join("scratch"),
         };
         let runtime_dir = match env("SBX_RUNTIME_DIR") {
             Some(p) => PathBuf::from(p),
@@ -62,6 +70,7 @@ impl Config {
         );
         Ok(Config {
             cache_dir,
+            scratch_dir,
             runtime_dir,
             qemu: env("SBX_QEMU").map(PathBuf::from),
             accelerator,

@@ -32,14 +32,16 @@ mod validate;
 pub use config::Config;
 pub use error::{Error, FileError, PermanentError, TransientError};
 pub use protocol::{FileEntry, FileErrorKind, FileKind, Language, Stream, MAX_LISTING};
-pub use request::{RunRequest, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, STDERR_CAP, STDOUT_CAP};
+pub use request::{
+    RunRequest, DEFAULT_DISK_MB, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, STDERR_CAP, STDOUT_CAP,
+};
 pub use result::{ExecutionResult, OutputChunk, ReplInfo, Timing, Utf8Chunker};
 pub use scheduler::Scheduler;
 pub use session::{Listing, Session, SessionOptions, DEFAULT_IDLE_TIMEOUT};
 pub use validate::{
-    normalize_guest_path, validate, ValidationError, MAX_CODE_BYTES, MAX_IDLE_TIMEOUT,
-    MAX_MEMORY_MB, MAX_PATH_BYTES, MAX_PATH_COMPONENT_BYTES, MAX_TIMEOUT, MIN_IDLE_TIMEOUT,
-    MIN_MEMORY_MB, MIN_TIMEOUT,
+    normalize_guest_path, validate, ValidationError, MAX_CODE_BYTES, MAX_DISK_MB, MAX_IDLE_TIMEOUT,
+    MAX_MEMORY_MB, MAX_PATH_BYTES, MAX_PATH_COMPONENT_BYTES, MAX_TIMEOUT, MIN_DISK_MB,
+    MIN_IDLE_TIMEOUT, MIN_MEMORY_MB, MIN_TIMEOUT,
 };
 pub use vmm::{AccelChoice, AccelVerdict, Accelerator};
 

@@ -8,6 +8,9 @@ use protocol::Language;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default guest memory, in MiB.
 pub const DEFAULT_MEMORY_MB: u32 = 256;
+/// Default size of the guest's home disk, in MiB. The image is sparse: it takes host disk
+/// space only for what the code writes.
+pub const DEFAULT_DISK_MB: u32 = 2048;
 /// Output caps (DESIGN §5): the stream stops there and the result flags truncation.
 pub const STDOUT_CAP: u64 = 1024 * 1024;
 pub const STDERR_CAP: u64 = 100 * 1024;
@@ -29,6 +32,8 @@ pub struct RunRequest {
     pub code: String,
     pub timeout: Duration,
     pub memory_mb: u32,
+    /// Size of the disk holding `/home/user`, in MiB.
+    pub disk_mb: u32,
     /// Extra environment variables for the code, in order.
     pub env: Vec<(String, String)>,
     /// Extension of the code file in the guest, one of [`Language::extensions`] (for
@@ -44,6 +49,7 @@ impl RunRequest {
             code: code.into(),
             timeout: DEFAULT_TIMEOUT,
             memory_mb: DEFAULT_MEMORY_MB,
+            disk_mb: DEFAULT_DISK_MB,
             env: Vec::new(),
             extension: None,
         }
@@ -56,6 +62,11 @@ impl RunRequest {
 
     pub fn memory_mb(mut self, mb: u32) -> Self {
         self.memory_mb = mb;
+        self
+    }
+
+    pub fn disk_mb(mut self, mb: u32) -> Self {
+        self.disk_mb = mb;
         self
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use protocol::Language;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
-use vmm::{AccelChoice, AccelVerdict, Accelerator, QemuInfo, Registry, Vm, VmSpec};
+use vmm::{AccelChoice, AccelVerdict, Accelerator, HomeDiskSpec, QemuInfo, Registry, Vm, VmSpec};
 
 use crate::config::Config;
 use crate::error::{Error, PermanentError, TransientError};
@@ -13,7 +13,7 @@ use crate::exec::{execute, millis, Cell};
 use crate::request::RunRequest;
 use crate::result::{ExecutionResult, OutputChunk, Timing};
 use crate::session::{Session, SessionOptions, WeakSession};
-use crate::validate::{validate, validate_idle_timeout, validate_memory};
+use crate::validate::{validate, validate_disk, validate_idle_timeout, validate_memory};
 
 /// A VM booted for one run or one session, holding its scheduler slot.
 pub(crate) struct BootedVm {
@@ -186,7 +186,9 @@ impl Scheduler {
     ) -> Result<ExecutionResult, Error> {
         let started = Instant::now();
         validate(&request)?;
-        let mut booted = self.start_vm(request.language, request.memory_mb).await?;
+        let mut booted = self
+            .start_vm(request.language, request.memory_mb, request.disk_mb)
+            .await?;
         let setup = booted.setup;
 
         let exec_started = Instant::now();
@@ -241,8 +243,11 @@ impl Scheduler {
     /// ```
     pub async fn session(&self, options: SessionOptions) -> Result<Session, Error> {
         validate_memory(options.memory_mb)?;
+        validate_disk(options.disk_mb)?;
         validate_idle_timeout(options.idle_timeout)?;
-        let booted = self.start_vm(options.language, options.memory_mb).await?;
+        let booted = self
+            .start_vm(options.language, options.memory_mb, options.disk_mb)
+            .await?;
         let session = Session::start(options, booted);
         let mut sessions = self
             .inner
@@ -259,6 +264,7 @@ impl Scheduler {
         &self,
         language: Language,
         memory_mb: u32,
+        disk_mb: u32,
     ) -> Result<BootedVm, Error> {
         let started = Instant::now();
         let images = match self
@@ -294,6 +300,10 @@ impl Scheduler {
             vcpus: self.inner.config.vcpus,
             boot_timeout: self.inner.config.boot_timeout,
             extra_cmdline: Vec::new(),
+            home_disk: Some(HomeDiskSpec {
+                dir: self.inner.config.scratch_dir.clone(),
+                size_mb: disk_mb,
+            }),
         };
         let setup = started.elapsed();
         let boot_started = Instant::now();

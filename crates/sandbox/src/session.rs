@@ -17,7 +17,7 @@ use vmm::{Accelerator, Vm};
 
 use crate::error::{Error, FileError, PermanentError};
 use crate::exec::{execute, millis, Cell};
-use crate::request::DEFAULT_MEMORY_MB;
+use crate::request::{DEFAULT_DISK_MB, DEFAULT_MEMORY_MB};
 use crate::result::{ExecutionResult, OutputChunk, ReplInfo, Timing};
 use crate::scheduler::BootedVm;
 use crate::validate::{normalize_guest_path, validate_code, validate_env, validate_timeout};
@@ -43,6 +43,8 @@ const FILE_STALL_LIMIT: Duration = Duration::from_secs(60);
 pub struct SessionOptions {
     pub language: Language,
     pub memory_mb: u32,
+    /// Size of the disk holding `/home/user`, in MiB (default [`DEFAULT_DISK_MB`]).
+    pub disk_mb: u32,
     /// The VM is stopped after this long without a call (default 300 s).
     pub idle_timeout: Duration,
 }
@@ -52,12 +54,18 @@ impl SessionOptions {
         Self {
             language,
             memory_mb: DEFAULT_MEMORY_MB,
+            disk_mb: DEFAULT_DISK_MB,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 
     pub fn memory_mb(mut self, mb: u32) -> Self {
         self.memory_mb = mb;
+        self
+    }
+
+    pub fn disk_mb(mut self, mb: u32) -> Self {
+        self.disk_mb = mb;
         self
     }
 

@@ -15,6 +15,9 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 /// Accepted guest memory sizes, in MiB.
 pub const MIN_MEMORY_MB: u32 = 128;
 pub const MAX_MEMORY_MB: u32 = 16 * 1024;
+/// Accepted home disk sizes, in MiB.
+pub const MIN_DISK_MB: u32 = 64;
+pub const MAX_DISK_MB: u32 = 1024 * 1024;
 /// Limits on extra environment variables.
 pub const MAX_ENV_VARS: usize = 128;
 pub const MAX_ENV_NAME_BYTES: usize = 128;
@@ -70,6 +73,8 @@ pub enum ValidationError {
     },
     #[error("memory: {given} MiB is outside the accepted range {min}..={max} MiB")]
     Memory { given: u32, min: u32, max: u32 },
+    #[error("disk: {given} MiB is outside the accepted range {min}..={max} MiB")]
+    Disk { given: u32, min: u32, max: u32 },
     #[error("extension: {given:?} is not one of {allowed:?} for {language}")]
     Extension {
         given: String,
@@ -119,6 +124,7 @@ impl ValidationError {
             Self::EmptyCode | Self::NulInCode { .. } | Self::CodeTooLarge { .. } => "code",
             Self::Timeout { .. } => "timeout",
             Self::Memory { .. } => "memory",
+            Self::Disk { .. } => "disk",
             Self::Extension { .. } => "extension",
             Self::TooManyEnvVars { .. }
             | Self::EnvName { .. }
@@ -142,6 +148,7 @@ pub fn validate(req: &RunRequest) -> Result<(), ValidationError> {
     validate_code(&req.code)?;
     validate_timeout(req.timeout)?;
     validate_memory(req.memory_mb)?;
+    validate_disk(req.disk_mb)?;
     if let Some(ext) = &req.extension {
         let allowed = req.language.extensions();
         if !allowed.contains(&ext.as_str()) {
@@ -177,6 +184,17 @@ pub fn validate_timeout(timeout: Duration) -> Result<(), ValidationError> {
             given_ms: timeout.as_millis(),
             min_s: MIN_TIMEOUT.as_secs(),
             max_s: MAX_TIMEOUT.as_secs(),
+        });
+    }
+    Ok(())
+}
+
+pub fn validate_disk(mb: u32) -> Result<(), ValidationError> {
+    if !(MIN_DISK_MB..=MAX_DISK_MB).contains(&mb) {
+        return Err(ValidationError::Disk {
+            given: mb,
+            min: MIN_DISK_MB,
+            max: MAX_DISK_MB,
         });
     }
     Ok(())
@@ -379,7 +397,7 @@ mod tests {
     }
 
     #[test]
-    fn timeout_and_memory_ranges() {
+    fn timeout_memory_and_disk_ranges() {
         for (t, ok) in [
             (0, false),
             (999, false),
@@ -399,6 +417,19 @@ mod tests {
         ] {
             let r = req("1").memory_mb(m);
             assert_eq!(validate(&r).is_ok(), ok, "memory {m}");
+        }
+        for (d, ok) in [
+            (0, false),
+            (63, false),
+            (64, true),
+            (1 << 20, true),
+            ((1 << 20) + 1, false),
+        ] {
+            let r = req("1").disk_mb(d);
+            assert_eq!(validate(&r).is_ok(), ok, "disk {d}");
+            if !ok {
+                assert_eq!(validate(&r).unwrap_err().field(), "disk");
+            }
         }
     }
 

@@ -14,6 +14,7 @@ const T: Duration = Duration::from_secs(60);
 fn config(runtime: &Path) -> Config {
     let mut config = Config::from_env().expect("config");
     config.runtime_dir = runtime.to_path_buf();
+    config.scratch_dir = runtime.join("scratch");
     config
 }
 
@@ -382,6 +383,72 @@ async fn idle_timeout_cancellation_and_a_dead_vm_close_the_session() {
             Err(Error::Invalid(_))
         ));
     }
+    scheduler.shutdown().await;
+    assert_eq!(qemu_processes_under(dir.path()), 0);
+}
+
+/// Home is a disk of its own, not guest memory: a file larger than the whole VM's memory
+/// fits, a full disk is an ordinary error the code sees, and the session goes on. The
+/// images never have a name in the scratch dir, so nothing there can be left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_is_a_disk_larger_than_memory_and_filling_it_is_an_ordinary_error() {
+    let dir = runtime_dir();
+    let (scheduler, big) = open(
+        dir.path(),
+        SessionOptions::new(Language::Raw).memory_mb(256),
+    )
+    .await;
+    let wrote = exec(
+        &big,
+        "dd if=/dev/zero of=f bs=1M count=400 status=none && stat -c %s f && findmnt -n -o FSTYPE /home/user || df -T /home/user",
+    )
+    .await;
+    assert_eq!(wrote.exit_code, 0, "{}", text(&wrote.stderr));
+    assert!(
+        text(&wrote.stdout).starts_with("419430400\n"),
+        "{}",
+        text(&wrote.stdout)
+    );
+    assert!(
+        text(&wrote.stdout).contains("ext4"),
+        "{}",
+        text(&wrote.stdout)
+    );
+    let scratch: Vec<_> = std::fs::read_dir(dir.path().join("scratch"))
+        .expect("scratch dir exists")
+        .collect();
+    assert!(
+        scratch.is_empty(),
+        "named files in the scratch dir: {scratch:?}"
+    );
+    big.close().await;
+
+    let small = scheduler
+        .session(SessionOptions::new(Language::Raw).disk_mb(64))
+        .await
+        .expect("session with a 64 MiB disk");
+    let full = exec(&small, "dd if=/dev/zero of=f bs=1M count=100 status=none").await;
+    assert_ne!(full.exit_code, 0);
+    assert!(
+        text(&full.stderr).contains("No space left on device"),
+        "{}",
+        text(&full.stderr)
+    );
+    // The VM is fine and the space comes back once the file is gone.
+    let again = exec(
+        &small,
+        "rm f && dd if=/dev/zero of=g bs=1M count=32 status=none && echo ok",
+    )
+    .await;
+    assert_eq!(text(&again.stdout), "ok\n", "{}", text(&again.stderr));
+    small.close().await;
+
+    assert!(matches!(
+        scheduler
+            .session(SessionOptions::new(Language::Raw).disk_mb(1))
+            .await,
+        Err(Error::Invalid(sandbox::ValidationError::Disk { .. }))
+    ));
     scheduler.shutdown().await;
     assert_eq!(qemu_processes_under(dir.path()), 0);
 }

@@ -153,6 +153,7 @@ fn floor_spec(scheduler: &Scheduler, accel: sandbox::Accelerator) -> Result<vmm:
         vcpus: scheduler.config().vcpus,
         boot_timeout: scheduler.config().boot_timeout,
         extra_cmdline: Vec::new(),
+        home_disk: None,
     })
 }
 

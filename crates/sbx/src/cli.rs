@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// Guest memory in MiB (128–16384).
     #[arg(short, long, value_name = "MB", default_value_t = sandbox::DEFAULT_MEMORY_MB)]
     pub memory: u32,
+    /// Size of the disk holding /home/user, in MiB (64–1048576). Sparse: it uses host disk
+    /// only for what the code writes.
+    #[arg(long, value_name = "MB", default_value_t = sandbox::DEFAULT_DISK_MB)]
+    pub disk: u32,
     /// Environment variable for the code; repeatable.
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -87,6 +91,10 @@ pub struct SessionArgs {
     /// Guest memory in MiB (128–16384).
     #[arg(short, long, value_name = "MB", default_value_t = sandbox::DEFAULT_MEMORY_MB)]
     pub memory: u32,
+    /// Size of the disk holding /home/user, in MiB (64–1048576). Sparse: it uses host disk
+    /// only for what the code writes.
+    #[arg(long, value_name = "MB", default_value_t = sandbox::DEFAULT_DISK_MB)]
+    pub disk: u32,
     /// Stop the VM after this many seconds without a block.
     #[arg(long, value_name = "SECONDS", default_value_t = sandbox::DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
     pub idle_timeout: f64,

@@ -20,6 +20,11 @@ struct Report {
     host_tsc_khz: Option<u64>,
     cache_dir: String,
     runtime_dir: String,
+    scratch_dir: String,
+    /// Home disk images in that dir would take host memory.
+    scratch_on_tmpfs: bool,
+    mke2fs: Option<String>,
+    mke2fs_error: Option<String>,
     images: Vec<ImageLine>,
 }
 
@@ -89,6 +94,10 @@ pub async fn doctor(args: crate::cli::DoctorArgs) -> i32 {
             ),
         ),
     };
+    let (mke2fs, mke2fs_error) = match vmm::find_mke2fs() {
+        Ok(p) => (Some(p.display().to_string()), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     let report = Report {
         qemu: qemu
             .as_ref()
@@ -103,6 +112,10 @@ pub async fn doctor(args: crate::cli::DoctorArgs) -> i32 {
         host_tsc_khz: vmm::host_tsc_khz(),
         cache_dir: config.cache_dir.display().to_string(),
         runtime_dir: config.runtime_dir.display().to_string(),
+        scratch_dir: config.scratch_dir.display().to_string(),
+        scratch_on_tmpfs: vmm::scratch_on_tmpfs(&config.scratch_dir),
+        mke2fs,
+        mke2fs_error,
         images,
     };
     if args.json {
@@ -113,8 +126,9 @@ pub async fn doctor(args: crate::cli::DoctorArgs) -> i32 {
     } else {
         print_text(&report);
     }
-    // Missing images are a normal state (they are built on first use); missing QEMU is not.
-    if report.qemu.is_some() {
+    // Missing images are a normal state (they are built on first use); missing QEMU or
+    // mke2fs is not.
+    if report.qemu.is_some() && report.mke2fs.is_some() {
         0
     } else {
         exit::INFRA
@@ -188,6 +202,19 @@ fn print_text(r: &Report) {
     );
     line("cache dir", &r.cache_dir);
     line("runtime dir", &r.runtime_dir);
+    let scratch_note = if r.scratch_on_tmpfs {
+        " (WARNING: on tmpfs, so guests' home disks take host memory; set SBX_SCRATCH_DIR)"
+    } else {
+        ""
+    };
+    line("scratch dir", &format!("{}{scratch_note}", r.scratch_dir));
+    match (&r.mke2fs, &r.mke2fs_error) {
+        (Some(p), _) => line("mke2fs", p),
+        (None, e) => line(
+            "mke2fs",
+            &format!("MISSING: {}", e.as_deref().unwrap_or("?")),
+        ),
+    }
     for img in &r.images {
         let state = match &img.key {
             Some(key) => format!("built ({key})"),

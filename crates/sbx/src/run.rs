@@ -42,6 +42,7 @@ pub fn build_request(args: &RunArgs) -> Result<RunRequest, InputError> {
     let mut request = RunRequest::new(language, code)
         .timeout(timeout)
         .memory_mb(args.memory)
+        .disk_mb(args.disk)
         .env(env);
     request.extension = extension;
     Ok(request)
@@ -320,7 +321,9 @@ async fn run_with_files(
     let mut uploads = Vec::new();
     let mut downloads = Vec::new();
     let work = async {
-        let options = sandbox::SessionOptions::new(request.language).memory_mb(request.memory_mb);
+        let options = sandbox::SessionOptions::new(request.language)
+            .memory_mb(request.memory_mb)
+            .disk_mb(request.disk_mb);
         let session = scheduler.session(options).await?;
         for up in &plan.uploads {
             let record = transfer::upload(&session, up).await;

@@ -48,6 +48,7 @@ pub fn prepare(args: &SessionArgs) -> Result<Prepared, InputError> {
     let probe = RunRequest::new(args.language, "0")
         .timeout(timeout)
         .memory_mb(args.memory)
+        .disk_mb(args.disk)
         .env(env.clone());
     sandbox::validate(&probe).map_err(InputError::Invalid)?;
     if !(sandbox::MIN_IDLE_TIMEOUT..=sandbox::MAX_IDLE_TIMEOUT).contains(&idle) {
@@ -60,6 +61,7 @@ pub fn prepare(args: &SessionArgs) -> Result<Prepared, InputError> {
     Ok(Prepared {
         options: SessionOptions::new(args.language)
             .memory_mb(args.memory)
+            .disk_mb(args.disk)
             .idle_timeout(idle),
         timeout,
         env,

@@ -37,6 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         vcpus: 1,
         boot_timeout: Duration::from_secs(30),
         extra_cmdline: Vec::new(),
+        home_disk: None,
     };
     let mut times = Vec::new();
     for _ in 0..runs {

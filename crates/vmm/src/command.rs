@@ -2,11 +2,13 @@
 //! I/O, so every flag can be asserted in unit tests.
 
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::qemu::{QemuInfo, SANDBOX_OPTS};
+use protocol::{HOME_DISK_SERIAL, ROOT_DISK_SERIAL};
 
 /// Which accelerator QEMU runs the guest with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -85,10 +87,20 @@ pub struct CommandSpec<'a> {
     pub tsc_khz: Option<u64>,
     pub extra_cmdline: &'a [String],
     pub mode: BootMode,
+    /// The home disk image as inherited descriptors (read-write, read-only), agent mode only.
+    pub home_fds: Option<[RawFd; 2]>,
 }
 
-/// The guest kernel command line.
-pub fn kernel_cmdline(tsc_khz: Option<u64>, mode: &BootMode, extra: &[String]) -> String {
+/// The fd set QEMU finds the home disk's descriptors in.
+const HOME_FDSET: u32 = 1;
+
+/// The guest kernel command line. `home_disk`: a home disk is attached.
+pub fn kernel_cmdline(
+    tsc_khz: Option<u64>,
+    mode: &BootMode,
+    home_disk: bool,
+    extra: &[String],
+) -> String {
     let mut parts: Vec<String> = BASE_CMDLINE.iter().map(|s| s.to_string()).collect();
     if let Some(khz) = tsc_khz {
         // Without it TSC calibration under TCG sometimes stalls boot for 90 s.
@@ -96,6 +108,9 @@ pub fn kernel_cmdline(tsc_khz: Option<u64>, mode: &BootMode, extra: &[String]) -
     }
     if *mode == BootMode::Probe {
         parts.push(protocol::PROBE_CMDLINE_FLAG.to_string());
+    }
+    if home_disk {
+        parts.push(protocol::HOME_DISK_CMDLINE_FLAG.to_string());
     }
     parts.extend(extra.iter().cloned());
     parts.join(" ")
@@ -120,12 +135,34 @@ pub fn qemu_args(spec: &CommandSpec<'_>) -> Vec<OsString> {
         .push("-no-reboot");
     a.push("-kernel").push(spec.kernel);
     a.push("-initrd").push(spec.initramfs);
-    a.push("-append")
-        .push(kernel_cmdline(spec.tsc_khz, &spec.mode, spec.extra_cmdline));
+    let home_disk = spec.home_fds.is_some() && matches!(spec.mode, BootMode::Agent { .. });
+    a.push("-append").push(kernel_cmdline(
+        spec.tsc_khz,
+        &spec.mode,
+        home_disk,
+        spec.extra_cmdline,
+    ));
     if let BootMode::Agent { socket } = &spec.mode {
         if let Some(rootfs) = spec.rootfs {
             a.push("-drive").push(drive_arg(rootfs));
-            a.push("-device").push("virtio-blk-device,drive=root");
+            a.push("-device").push(format!(
+                "virtio-blk-device,drive=root,serial={ROOT_DISK_SERIAL}"
+            ));
+        }
+        if let Some([rw, ro]) = spec.home_fds {
+            a.push("-add-fd").push(format!("fd={rw},set={HOME_FDSET}"));
+            a.push("-add-fd").push(format!("fd={ro},set={HOME_FDSET}"));
+            // A throwaway disk: no flushes to honour (`cache=unsafe`); deleted files give
+            // their host space back (`discard=unmap`); a full host disk is an I/O error
+            // in the guest rather than a paused VM (`werror=report`, the default being
+            // to stop the VM on ENOSPC).
+            a.push("-drive").push(format!(
+                "id=home,file=/dev/fdset/{HOME_FDSET},format=raw,if=none,cache=unsafe,\
+                 discard=unmap,werror=report,rerror=report"
+            ));
+            a.push("-device").push(format!(
+                "virtio-blk-device,drive=home,serial={HOME_DISK_SERIAL}"
+            ));
         }
         a.push("-device").push("virtio-serial-device");
         a.push("-chardev").push(socket_chardev_arg(socket));
@@ -220,6 +257,7 @@ mod tests {
             tsc_khz: Some(2_300_000),
             extra_cmdline: &extra,
             mode,
+            home_fds: None,
         };
         qemu_args(&spec)
             .into_iter()
@@ -269,7 +307,7 @@ mod tests {
         assert_eq!(
             value_of(&a, "-device"),
             [
-                "virtio-blk-device,drive=root",
+                "virtio-blk-device,drive=root,serial=sbx-root",
                 "virtio-serial-device",
                 "virtserialport,chardev=agent,name=org.exec-sandbox.agent"
             ]
@@ -313,6 +351,38 @@ mod tests {
     }
 
     #[test]
+    fn home_disk_comes_as_an_fd_set_that_reports_errors() {
+        let q = qemu((7, 2, 22), false, true);
+        let extra = Vec::new();
+        let a: Vec<String> = qemu_args(&CommandSpec {
+            qemu: &q,
+            accelerator: Accelerator::Tcg,
+            kernel: Path::new("/img/vmlinux"),
+            initramfs: Path::new("/img/initramfs.cpio"),
+            rootfs: Some(Path::new("/img/root.erofs")),
+            memory_mb: 256,
+            vcpus: 1,
+            console_log: Path::new("/run/sbx/vm-1/console.log"),
+            tsc_khz: None,
+            extra_cmdline: &extra,
+            mode: agent(),
+            home_fds: Some([7, 9]),
+        })
+        .into_iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+        assert_eq!(value_of(&a, "-add-fd"), ["fd=7,set=1", "fd=9,set=1"]);
+        let drives = value_of(&a, "-drive");
+        assert_eq!(drives.len(), 2);
+        assert_eq!(
+            drives[1],
+            "id=home,file=/dev/fdset/1,format=raw,if=none,cache=unsafe,discard=unmap,werror=report,rerror=report"
+        );
+        assert!(value_of(&a, "-device").contains(&"virtio-blk-device,drive=home,serial=sbx-home"));
+        assert!(value_of(&a, "-append")[0].contains(" sbx.home=disk"));
+    }
+
+    #[test]
     fn commas_in_paths_are_escaped() {
         assert_eq!(
             escape_commas(Path::new("/a,b/c")),
@@ -322,7 +392,7 @@ mod tests {
 
     #[test]
     fn cmdline_without_tsc() {
-        let c = kernel_cmdline(None, &BootMode::Probe, &[]);
+        let c = kernel_cmdline(None, &BootMode::Probe, false, &[]);
         assert!(!c.contains("tsc_early_khz"));
         assert!(c.ends_with(protocol::PROBE_CMDLINE_FLAG));
     }

@@ -19,6 +19,17 @@ pub enum VmmError {
     QemuUnusable { path: PathBuf, reason: String },
     #[error("cannot parse the QEMU version from `{output}` ({path})")]
     VersionUnparsable { path: PathBuf, output: String },
+    #[error("{action}: {} failed: {reason}", tool.display())]
+    Tool {
+        tool: PathBuf,
+        action: &'static str,
+        reason: String,
+    },
+    #[error("`{tool}` not found on $PATH, /usr/sbin or /sbin; install the {package} package")]
+    ToolMissing {
+        tool: &'static str,
+        package: &'static str,
+    },
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,

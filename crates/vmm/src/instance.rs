@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -35,10 +36,12 @@ pub(crate) struct Instance {
 
 impl Instance {
     /// Allocates a registry slot, asks `args` for the command line (given the work dir) and
-    /// spawns QEMU. On failure nothing is left behind.
+    /// spawns QEMU, which inherits the descriptors `inherit`. On failure nothing is left
+    /// behind.
     pub async fn spawn(
         registry: &Registry,
         qemu: &Path,
+        inherit: &[RawFd],
         args: impl FnOnce(&Path) -> Result<Vec<OsString>, BootError>,
     ) -> Result<Instance, BootError> {
         let slot = registry.allocate()?;
@@ -51,7 +54,7 @@ impl Instance {
         };
         tracing::debug!(qemu = %qemu.display(), args = ?argv, "spawning QEMU");
         let spawned_at = Instant::now();
-        let child = match spawn_owned(qemu, &argv, &slot.work_dir.join("qemu.stderr")) {
+        let child = match spawn_owned(qemu, &argv, &slot.work_dir.join("qemu.stderr"), inherit) {
             Ok(c) => c,
             Err(source) => {
                 registry.release(&slot);
@@ -243,7 +246,7 @@ mod tests {
     async fn dropped_instance_kills_and_cleans_up() {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::open(dir.path()).unwrap();
-        let inst = Instance::spawn(&reg, Path::new("sleep"), |_| Ok(vec!["60".into()]))
+        let inst = Instance::spawn(&reg, Path::new("sleep"), &[], |_| Ok(vec!["60".into()]))
             .await
             .unwrap();
         let pid = inst.pid();
@@ -262,7 +265,7 @@ mod tests {
     async fn check_alive_detects_stop_and_exit() {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::open(dir.path()).unwrap();
-        let mut inst = Instance::spawn(&reg, Path::new("sleep"), |_| Ok(vec!["60".into()]))
+        let mut inst = Instance::spawn(&reg, Path::new("sleep"), &[], |_| Ok(vec!["60".into()]))
             .await
             .unwrap();
         inst.check_alive().unwrap();

@@ -7,6 +7,7 @@
 //!   other host probes ([`probe_cgroup`], [`host_tsc_khz`]);
 //! - spawning QEMU so it cannot outlive its owner, the on-disk process [`Registry`] that
 //!   reaps VMs left by a crashed host, and teardown;
+//! - a fresh, unnamed ext4 image per boot for the guest's home directory (`scratch`);
 //! - booting to the agent's `Ready` with retries ([`Vm::boot`], [`boot_with_retry`]) and
 //!   the framed agent channel with frozen-VM detection ([`Vm::send`], [`Vm::recv`]).
 //!
@@ -30,6 +31,7 @@ mod procstat;
 mod qemu;
 mod registry;
 mod retry;
+mod scratch;
 mod vm;
 
 pub use command::{kernel_cmdline, Accelerator, BASE_CMDLINE, TCG_CPU};
@@ -39,4 +41,5 @@ pub use probe::{probe_accelerator, AccelChoice, AccelVerdict, KVM_PROBE_DEADLINE
 pub use qemu::{find_qemu, QemuInfo, QEMU_BINARY};
 pub use registry::{Entry as RegistryEntry, Registry};
 pub use retry::{boot_with_retry, RetryPolicy};
+pub use scratch::{find_mke2fs, scratch_on_tmpfs, HomeDiskSpec};
 pub use vm::{boot_to_poweroff, Vm, VmSpec};

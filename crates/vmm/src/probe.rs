@@ -132,6 +132,7 @@ async fn run_probe(
         vcpus: 1,
         boot_timeout,
         extra_cmdline: Vec::new(),
+        home_disk: None,
     };
     let started = Instant::now();
     let kvm = boot_to_poweroff(&spec(Accelerator::Kvm, KVM_PROBE_DEADLINE), &registry).await;

@@ -15,6 +15,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
+use std::os::fd::RawFd;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -24,8 +25,15 @@ use tokio::process::{Child, Command};
 
 /// Spawns `program args` in its own process group with the parent-death signal set. QEMU's
 /// stdout and stderr go to `stderr_log` (it writes nothing to stdout with `-nographic` and a
-/// file serial, but its error messages are the best hint when boot fails).
-pub fn spawn_owned(program: &Path, args: &[OsString], stderr_log: &Path) -> io::Result<Child> {
+/// file serial, but its error messages are the best hint when boot fails). `inherit` are
+/// descriptors the program receives under the same numbers (all others close on exec).
+pub fn spawn_owned(
+    program: &Path,
+    args: &[OsString],
+    stderr_log: &Path,
+    inherit: &[RawFd],
+) -> io::Result<Child> {
+    let inherit = inherit.to_vec();
     let log = File::create(stderr_log)?;
     let log2 = log.try_clone()?;
     let parent = std::process::id() as libc::pid_t;
@@ -37,7 +45,7 @@ pub fn spawn_owned(program: &Path, args: &[OsString], stderr_log: &Path) -> io::
         .process_group(0)
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and only calls
-    // async-signal-safe functions (prctl, getppid, setrlimit) without allocating.
+    // async-signal-safe functions (prctl, getppid, setrlimit, fcntl) without allocating.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(
@@ -62,6 +70,9 @@ pub fn spawn_owned(program: &Path, args: &[OsString], stderr_log: &Path) -> io::
             };
             if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            for &fd in &inherit {
+                crate::scratch::clear_cloexec(fd)?;
             }
             Ok(())
         });
@@ -91,8 +102,13 @@ mod tests {
     #[tokio::test]
     async fn spawned_child_has_own_group_and_dies_by_group_kill() {
         let dir = tempfile::tempdir().unwrap();
-        let mut child =
-            spawn_owned(Path::new("sleep"), &["30".into()], &dir.path().join("err")).unwrap();
+        let mut child = spawn_owned(
+            Path::new("sleep"),
+            &["30".into()],
+            &dir.path().join("err"),
+            &[],
+        )
+        .unwrap();
         let pid = child.id().unwrap();
         let stat = crate::procstat::read_stat(pid).unwrap();
         assert_eq!(stat.pgid as u32, pid, "own process group");

@@ -1,6 +1,7 @@
 //! A booted microVM with a connected agent channel, and the probe-mode boot used by the
 //! accelerator probe and the boot-floor benchmark.
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use crate::host::host_tsc_khz;
 use crate::instance::Instance;
 use crate::qemu::QemuInfo;
 use crate::registry::Registry;
+use crate::scratch::{HomeDiskSpec, ScratchDisk};
 
 /// How often a waiting reader checks the QEMU process (exit, stopped, zombie).
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -40,6 +42,8 @@ pub struct VmSpec {
     pub boot_timeout: Duration,
     /// Appended to the kernel command line (e.g. for the init).
     pub extra_cmdline: Vec<String>,
+    /// A fresh disk for `/home/user`; without one the guest keeps its home in memory.
+    pub home_disk: Option<HomeDiskSpec>,
 }
 
 impl VmSpec {
@@ -61,7 +65,12 @@ impl VmSpec {
         Ok(())
     }
 
-    fn command<'a>(&'a self, console_log: &'a Path, mode: BootMode) -> Vec<std::ffi::OsString> {
+    fn command<'a>(
+        &'a self,
+        console_log: &'a Path,
+        mode: BootMode,
+        home_fds: Option<[RawFd; 2]>,
+    ) -> Vec<std::ffi::OsString> {
         qemu_args(&CommandSpec {
             qemu: &self.qemu,
             accelerator: self.accelerator,
@@ -74,6 +83,7 @@ impl VmSpec {
             tsc_khz: host_tsc_khz(),
             extra_cmdline: &self.extra_cmdline,
             mode,
+            home_fds,
         })
     }
 }
@@ -93,15 +103,27 @@ impl Vm {
     /// (protocol version checked) within `spec.boot_timeout`. On failure the QEMU is gone.
     pub async fn boot(spec: &VmSpec, registry: &Registry) -> Result<Vm, BootError> {
         spec.check_images()?;
-        let mut inst = Instance::spawn(registry, &spec.qemu.path, |work| {
+        let home = match &spec.home_disk {
+            Some(disk) => Some(ScratchDisk::create(disk).await?),
+            None => None,
+        };
+        let home_fds = home.as_ref().map(ScratchDisk::fds);
+        let inherit: Vec<RawFd> = home_fds.map(Vec::from).unwrap_or_default();
+        let mut inst = Instance::spawn(registry, &spec.qemu.path, &inherit, |work| {
             let socket = work.join("agent.sock");
             let len = socket.as_os_str().len();
             if len > MAX_SOCKET_PATH {
                 return Err(BootError::SocketPathTooLong { path: socket, len });
             }
-            Ok(spec.command(&work.join("console.log"), BootMode::Agent { socket }))
+            Ok(spec.command(
+                &work.join("console.log"),
+                BootMode::Agent { socket },
+                home_fds,
+            ))
         })
         .await?;
+        // QEMU holds its own descriptors now; the image lives exactly as long as it does.
+        drop(home);
         let deadline = inst.spawned_at() + spec.boot_timeout;
         let result = tokio::time::timeout_at(deadline.into(), wait_ready(&mut inst)).await;
         let outcome = match result {
@@ -257,8 +279,8 @@ async fn recv_watched(
 /// is not on the console. `spec.rootfs` is ignored (no devices are attached).
 pub async fn boot_to_poweroff(spec: &VmSpec, registry: &Registry) -> Result<Duration, BootError> {
     spec.check_images()?;
-    let mut inst = Instance::spawn(registry, &spec.qemu.path, |work| {
-        Ok(spec.command(&work.join("console.log"), BootMode::Probe))
+    let mut inst = Instance::spawn(registry, &spec.qemu.path, &[], |work| {
+        Ok(spec.command(&work.join("console.log"), BootMode::Probe, None))
     })
     .await?;
     let result = match inst.wait_exit(spec.boot_timeout).await {

@@ -39,6 +39,7 @@ fn spec(with_rootfs: bool) -> VmSpec {
         vcpus: 1,
         boot_timeout: Duration::from_secs(60),
         extra_cmdline: Vec::new(),
+        home_disk: None,
     }
 }
 
