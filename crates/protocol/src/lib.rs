@@ -213,7 +213,7 @@ pub enum FileErrorKind {
     NotADirectory,
     /// The user is not allowed to do this.
     PermissionDenied,
-    /// The guest's disk (its memory-backed home) is full.
+    /// The guest's home disk is full.
     NoSpace,
     /// The path is not acceptable (the guest re-checks what the host validated).
     InvalidPath,

@@ -20,7 +20,9 @@ use crate::exec::{execute, millis, Cell};
 use crate::request::{DEFAULT_DISK_MB, DEFAULT_MEMORY_MB};
 use crate::result::{ExecutionResult, OutputChunk, ReplInfo, Timing};
 use crate::scheduler::BootedVm;
-use crate::validate::{normalize_guest_path, validate_code, validate_env, validate_timeout};
+use crate::validate::{
+    normalize_guest_path, validate_code, validate_env, validate_extension, validate_timeout,
+};
 
 /// How long a session may sit unused before its VM is stopped.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -230,25 +232,62 @@ impl Session {
         code: &str,
         timeout: Duration,
         env: Vec<(String, String)>,
+        on_output: impl FnMut(OutputChunk) + Send,
+    ) -> Result<ExecutionResult, Error> {
+        let cell = Cell {
+            language: self.shared.language,
+            code,
+            env: &env,
+            timeout,
+            extension: None,
+            persistent: true,
+        };
+        self.call(cell, on_output).await
+    }
+
+    /// Runs `code` as a program of its own in this session's VM, exactly as
+    /// [`crate::Scheduler::run`] runs it (a script file, `extension` as in
+    /// [`crate::RunRequest::extension`], no REPL), so that it sees the session's files.
+    ///
+    /// When it ends, every process of the session ends with it, the REPL included: the next
+    /// [`Session::exec`] starts a fresh REPL. Meant for one program between file transfers
+    /// (as `sbx run --upload … --download …` does), not for mixing with REPL calls.
+    pub async fn run_program(
+        &self,
+        code: &str,
+        timeout: Duration,
+        env: Vec<(String, String)>,
+        extension: Option<&str>,
+        on_output: impl FnMut(OutputChunk) + Send,
+    ) -> Result<ExecutionResult, Error> {
+        if let Some(ext) = extension {
+            validate_extension(self.shared.language, ext)?;
+        }
+        let cell = Cell {
+            language: self.shared.language,
+            code,
+            env: &env,
+            timeout,
+            extension,
+            persistent: false,
+        };
+        self.call(cell, on_output).await
+    }
+
+    /// One execution on the session's VM, REPL call or program.
+    async fn call(
+        &self,
+        cell: Cell<'_>,
         mut on_output: impl FnMut(OutputChunk) + Send,
     ) -> Result<ExecutionResult, Error> {
         let started = Instant::now();
-        validate_code(code)?;
-        validate_timeout(timeout)?;
-        validate_env(&env)?;
-        let language = self.shared.language;
+        validate_code(cell.code)?;
+        validate_timeout(cell.timeout)?;
+        validate_env(cell.env)?;
         let mut turn = self.turn().await?;
         let outcome = async {
             let vm = &mut turn.live.vm;
             let setup = started.elapsed();
-            let cell = Cell {
-                language,
-                code,
-                env: &env,
-                timeout,
-                extension: None,
-                persistent: true,
-            };
             let exec_started = Instant::now();
             self.shared.exec_count.fetch_add(1, Ordering::Relaxed);
             let outcome = execute(vm, &cell, &mut on_output)
@@ -261,7 +300,7 @@ impl Session {
                 })?;
             let completion = &outcome.completion;
             let result = ExecutionResult {
-                language,
+                language: cell.language,
                 stdout: outcome.stdout,
                 stderr: outcome.stderr,
                 exit_code: completion.exit_code,
@@ -276,7 +315,7 @@ impl Session {
                     boot_retries: 0,
                 },
                 accelerator: self.shared.accelerator,
-                repl: Some(ReplInfo {
+                repl: cell.persistent.then_some(ReplInfo {
                     fresh: completion.repl_fresh,
                     lost: completion.repl_lost,
                 }),
@@ -287,7 +326,7 @@ impl Session {
                 close: outcome.host_timed_out.then(|| {
                     format!(
                         "the guest stopped answering during a call that timed out after {} s",
-                        timeout.as_secs_f64()
+                        cell.timeout.as_secs_f64()
                     )
                 }),
             })

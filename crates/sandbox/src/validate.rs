@@ -150,16 +150,22 @@ pub fn validate(req: &RunRequest) -> Result<(), ValidationError> {
     validate_memory(req.memory_mb)?;
     validate_disk(req.disk_mb)?;
     if let Some(ext) = &req.extension {
-        let allowed = req.language.extensions();
-        if !allowed.contains(&ext.as_str()) {
-            return Err(ValidationError::Extension {
-                given: ext.clone(),
-                language: req.language,
-                allowed,
-            });
-        }
+        validate_extension(req.language, ext)?;
     }
     validate_env(&req.env)
+}
+
+/// The code file's extension must be one the language's interpreter knows.
+pub fn validate_extension(language: protocol::Language, ext: &str) -> Result<(), ValidationError> {
+    let allowed = language.extensions();
+    if !allowed.contains(&ext) {
+        return Err(ValidationError::Extension {
+            given: ext.to_string(),
+            language,
+            allowed,
+        });
+    }
+    Ok(())
 }
 
 pub fn validate_code(code: &str) -> Result<(), ValidationError> {

@@ -452,3 +452,35 @@ async fn home_is_a_disk_larger_than_memory_and_filling_it_is_an_ordinary_error()
     scheduler.shutdown().await;
     assert_eq!(qemu_processes_under(dir.path()), 0);
 }
+
+/// A program run in a session sees its files and behaves as a one-shot run (a script, no
+/// REPL echo); the REPL starts afresh after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_in_a_session_runs_as_a_script_beside_the_files() {
+    let dir = runtime_dir();
+    let (scheduler, s) = open(dir.path(), SessionOptions::new(Language::Python)).await;
+    exec(&s, "kept = 1").await;
+    s.write_file("in.txt", b"42", false).await.expect("write");
+    let ran = s
+        .run_program(
+            "import sys\nprint(open('in.txt').read(), __file__.endswith('.py'))\n7 * 6\nsys.exit(3)",
+            T,
+            vec![],
+            None,
+            |_| {},
+        )
+        .await
+        .expect("program");
+    assert_eq!((ran.exit_code, text(&ran.stdout)), (3, "42 True\n".into()));
+    assert!(ran.repl.is_none());
+    let after = exec(&s, "print('kept' in globals())").await;
+    assert_eq!(text(&after.stdout), "False\n");
+    assert_eq!(after.repl.map(|r| r.fresh), Some(true));
+    assert!(matches!(
+        s.run_program("1", T, vec![], Some("sh"), |_| {}).await,
+        Err(Error::Invalid(sandbox::ValidationError::Extension { .. }))
+    ));
+    s.close().await;
+    scheduler.shutdown().await;
+    assert_eq!(qemu_processes_under(dir.path()), 0);
+}

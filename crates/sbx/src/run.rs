@@ -339,10 +339,11 @@ async fn run_with_files(
             move |chunk| sink.write(chunk)
         };
         let ran = session
-            .exec_streaming(
+            .run_program(
                 &request.code,
                 request.timeout,
                 request.env.clone(),
+                request.extension.as_deref(),
                 on_output,
             )
             .await;
@@ -389,14 +390,10 @@ async fn run_with_files(
         Ok(FilesOutcome::Ran(Err(e))) => report_error_with(&e, args.json, files),
         Ok(FilesOutcome::Ran(Ok(result))) => {
             if args.json {
-                let mut value = match serde_json::to_value(&result) {
+                let value = match serde_json::to_value(&result) {
                     Ok(v) => v,
                     Err(e) => return json_unwritable(result.exit_code, &std::io::Error::other(e)),
                 };
-                // `run` is one program, not a REPL: the session underneath is a detail.
-                if let Some(obj) = value.as_object_mut() {
-                    obj.remove("repl");
-                }
                 if let Err(e) = print_json(&merge(value, files)) {
                     return json_unwritable(result.exit_code, &e);
                 }

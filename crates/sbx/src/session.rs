@@ -431,10 +431,13 @@ fn new_editor() -> rustyline::Result<Editor<(), DefaultHistory>> {
 }
 
 /// Reads lines until they form a complete block. Ctrl+C discards the block; Ctrl+D at an
-/// empty prompt ends the session, and on a continuation line sends what was typed.
+/// empty prompt ends the session, and on a continuation line sends what was typed. Two
+/// empty lines in a row send the block as it stands, so input the scanner thinks is
+/// unfinished (`def f(:`) still reaches the interpreter, which reports the error.
 fn read_block(editor: &mut Editor<(), DefaultHistory>, language: Language) -> Input {
     let (primary, continuation) = blocks::prompts(language);
     let mut block = Block::new(language);
+    let mut blank_run = 0;
     loop {
         let prompt = if block.is_empty() {
             primary
@@ -453,11 +456,19 @@ fn read_block(editor: &mut Editor<(), DefaultHistory>, language: Language) -> In
                 for part in line.split('\n') {
                     block.push(part.strip_suffix('\r').unwrap_or(part));
                 }
-                if block.is_complete() {
+                blank_run = if line.trim().is_empty() {
+                    blank_run + 1
+                } else {
+                    0
+                };
+                if block.is_complete() || blank_run >= 2 {
                     return Input::Block(block.text());
                 }
             }
-            Err(ReadlineError::Interrupted) => block = Block::new(language),
+            Err(ReadlineError::Interrupted) => {
+                block = Block::new(language);
+                blank_run = 0;
+            }
             Err(ReadlineError::Eof) if block.is_empty() => return Input::Eof,
             Err(ReadlineError::Eof) => return Input::Block(block.text()),
             Err(e) => return Input::Failed(e.to_string()),
