@@ -5,7 +5,9 @@
 //! language gets a small line-at-a-time scanner that tracks what is still open (brackets,
 //! multi-line strings, comments, heredocs, shell keywords, a trailing `\`). It does not parse:
 //! when it is unsure it leans towards "complete" and lets the interpreter report the error,
-//! because a prompt that never ends a block is worse than a syntax error.
+//! because a prompt that never ends a block is worse than a syntax error. For the same
+//! reason two empty lines in a row end any block, unless they are inside a string, a
+//! comment or a heredoc.
 //!
 //! The rules, per language:
 //! - **python**: a block continues while a bracket, a triple-quoted string or a trailing `\`
@@ -23,7 +25,27 @@ use sandbox::Language;
 pub struct Block {
     lines: Vec<String>,
     scan: Scan,
+    source: Source,
+    /// Empty lines at the end of the block so far.
+    trailing_blank: usize,
 }
+
+/// Where the lines come from, which decides what an empty line means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Typed at the prompt: an empty line ends a Python compound statement, as in the
+    /// Python REPL, and [`FORCE_BLANK_LINES`] send whatever is open.
+    Prompt,
+    /// A script from a pipe: empty lines are layout (a function body may contain them), a
+    /// Python compound statement ends where the next one starts at column 0, and an open
+    /// bracket runs to the end of the script, as `python script.py` would read it.
+    Script,
+}
+
+/// At the prompt, this many empty lines in a row send a block the scanner still thinks is
+/// open (`def f(:`), so the interpreter reports what is wrong instead of the prompt waiting
+/// forever — unless they are inside a string, comment or heredoc, where they are text.
+const FORCE_BLANK_LINES: usize = 2;
 
 enum Scan {
     Python(PyScan),
@@ -32,7 +54,7 @@ enum Scan {
 }
 
 impl Block {
-    pub fn new(language: Language) -> Block {
+    pub fn new(language: Language, source: Source) -> Block {
         let scan = match language {
             Language::Python => Scan::Python(PyScan::default()),
             Language::Javascript => Scan::Js(JsScan::default()),
@@ -41,6 +63,8 @@ impl Block {
         Block {
             lines: Vec::new(),
             scan,
+            source,
+            trailing_blank: 0,
         }
     }
 
@@ -55,6 +79,11 @@ impl Block {
             Scan::Shell(s) => s.line(line),
         }
         self.lines.push(line.to_string());
+        self.trailing_blank = if line.trim().is_empty() {
+            self.trailing_blank + 1
+        } else {
+            0
+        };
     }
 
     /// True when the block can be sent as it stands.
@@ -62,7 +91,17 @@ impl Block {
         let Some(last) = self.lines.last() else {
             return false;
         };
+        let in_literal = match &self.scan {
+            Scan::Python(s) => s.in_literal(),
+            Scan::Js(s) => s.in_literal(),
+            Scan::Shell(s) => s.in_literal(),
+        };
+        let forced = self.source == Source::Prompt && self.trailing_blank >= FORCE_BLANK_LINES;
+        if forced && !in_literal {
+            return true;
+        }
         match &self.scan {
+            Scan::Python(s) if self.source == Source::Script => !s.open() && !s.compound,
             Scan::Python(s) => {
                 !s.open() && (!s.compound || (self.lines.len() > 1 && last.trim().is_empty()))
             }
@@ -102,24 +141,23 @@ impl Block {
     }
 }
 
-/// Splits a whole script (read from a pipe) into the blocks a user would have typed, by the
-/// same rules as the prompt. Python compound statements also end where the next statement
-/// starts at column 0, since scripts seldom have the blank line the REPL wants.
+/// Splits a whole script (read from a pipe) into top-level statements, each sent as one
+/// call (see [`Source::Script`]).
 pub fn split(language: Language, text: &str) -> Vec<String> {
     let mut blocks = Vec::new();
-    let mut block = Block::new(language);
+    let mut block = Block::new(language, Source::Script);
     for line in text.lines() {
         if block.is_empty() && line.trim().is_empty() {
             continue;
         }
         if block.ended_by_dedent(line) {
             blocks.push(block.text());
-            block = Block::new(language);
+            block = Block::new(language, Source::Script);
         }
         block.push(line);
         if block.is_complete() {
             blocks.push(block.text());
-            block = Block::new(language);
+            block = Block::new(language, Source::Script);
         }
     }
     if !block.is_empty() {
@@ -165,6 +203,11 @@ struct PyScan {
 const PY_COMPOUND: [&str; 8] = ["if", "for", "while", "def", "class", "with", "try", "async"];
 
 impl PyScan {
+    /// Inside a string that spans lines.
+    fn in_literal(&self) -> bool {
+        !self.broken && (self.triple.is_some() || self.single.is_some())
+    }
+
     fn open(&self) -> bool {
         !self.broken
             && (self.depth > 0 || self.triple.is_some() || self.single.is_some() || self.continued)
@@ -297,6 +340,16 @@ struct JsScan {
 }
 
 impl JsScan {
+    /// Inside a template literal's text, a block comment or a continued string.
+    fn in_literal(&self) -> bool {
+        !self.broken
+            && (self.single.is_some()
+                || matches!(
+                    self.stack.last(),
+                    Some(JsFrame::Template | JsFrame::BlockComment)
+                ))
+    }
+
     fn open(&self) -> bool {
         !self.broken
             && (!self.stack.is_empty() || self.single.is_some() || self.continued || self.dangling)
@@ -483,6 +536,13 @@ struct ShScan {
 }
 
 impl ShScan {
+    /// Inside quotes or a heredoc body, where empty lines are data.
+    fn in_literal(&self) -> bool {
+        self.heredoc.is_some()
+            || !self.pending.is_empty()
+            || matches!(self.stack.last(), Some(ShFrame::Double | ShFrame::Single))
+    }
+
     fn open(&self) -> bool {
         !self.stack.is_empty()
             || self.continued
@@ -737,7 +797,7 @@ mod tests {
     /// Feeds lines as a user would type them; returns after which line the block was
     /// complete (1-based), or None.
     fn completes_after(language: Language, lines: &[&str]) -> Option<usize> {
-        let mut b = Block::new(language);
+        let mut b = Block::new(language, Source::Prompt);
         for (n, line) in lines.iter().enumerate() {
             b.push(line);
             if b.is_complete() {
@@ -810,7 +870,7 @@ mod tests {
             completes_after(py, &["def f():", "    return [", "", "    ]", ""]),
             Some(5)
         );
-        let mut b = Block::new(py);
+        let mut b = Block::new(py, Source::Prompt);
         for line in ["def f():", "    return 1", ""] {
             b.push(line);
         }
@@ -840,6 +900,41 @@ mod tests {
         assert!(split(Language::Python, "\n  \n").is_empty());
         // Unfinished input is still sent, for the interpreter to report.
         assert_eq!(split(Language::Python, "print((1)\n"), vec!["print((1)"]);
+        // Empty lines inside a definition are layout, as in a script file.
+        assert_eq!(
+            split(
+                Language::Python,
+                "def f():\n    x = 1\n\n\n    return x\nclass A:\n    def m(self):\n        return 1\n\n    def n(self):\n        return 2\n\nprint(f())\n"
+            ),
+            vec![
+                "def f():\n    x = 1\n\n\n    return x",
+                "class A:\n    def m(self):\n        return 1\n\n    def n(self):\n        return 2",
+                "print(f())"
+            ]
+        );
+        assert_eq!(
+            split(
+                Language::Javascript,
+                "function f() {\n\n\n  return 1\n}\nf()\n"
+            ),
+            vec!["function f() {\n\n\n  return 1\n}", "f()"]
+        );
+    }
+
+    #[test]
+    fn two_empty_lines_send_an_open_block_at_the_prompt_unless_in_a_literal() {
+        let (py, js, sh) = (Language::Python, Language::Javascript, Language::Raw);
+        assert_eq!(completes_after(py, &["def f(:", "", ""]), Some(3));
+        assert_eq!(completes_after(py, &["s = '''a", "", "", "b'''"]), Some(4));
+        assert_eq!(completes_after(js, &["f(", "", ""]), Some(3));
+        assert_eq!(
+            completes_after(js, &["const t = `a", "", "", "b`"]),
+            Some(4)
+        );
+        assert_eq!(completes_after(js, &["/* a", "", "", "*/"]), Some(4));
+        assert_eq!(completes_after(sh, &["if true; then", "", ""]), Some(3));
+        assert_eq!(completes_after(sh, &["cat <<EOF", "", "", "EOF"]), Some(4));
+        assert_eq!(completes_after(sh, &["echo 'x", "", "", "y'"]), Some(4));
     }
 
     #[test]

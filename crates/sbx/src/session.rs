@@ -20,7 +20,7 @@ use rustyline::history::DefaultHistory;
 use rustyline::{Behavior, Config, Editor};
 use sandbox::{ExecutionResult, Language, RunRequest, Scheduler, Session, SessionOptions};
 
-use crate::blocks::{self, Block};
+use crate::blocks::{self, Block, Source};
 use crate::cli::SessionArgs;
 use crate::exit;
 use crate::progress::BuildProgress;
@@ -431,13 +431,10 @@ fn new_editor() -> rustyline::Result<Editor<(), DefaultHistory>> {
 }
 
 /// Reads lines until they form a complete block. Ctrl+C discards the block; Ctrl+D at an
-/// empty prompt ends the session, and on a continuation line sends what was typed. Two
-/// empty lines in a row send the block as it stands, so input the scanner thinks is
-/// unfinished (`def f(:`) still reaches the interpreter, which reports the error.
+/// empty prompt ends the session, and on a continuation line sends what was typed.
 fn read_block(editor: &mut Editor<(), DefaultHistory>, language: Language) -> Input {
     let (primary, continuation) = blocks::prompts(language);
-    let mut block = Block::new(language);
-    let mut blank_run = 0;
+    let mut block = Block::new(language, Source::Prompt);
     loop {
         let prompt = if block.is_empty() {
             primary
@@ -456,19 +453,11 @@ fn read_block(editor: &mut Editor<(), DefaultHistory>, language: Language) -> In
                 for part in line.split('\n') {
                     block.push(part.strip_suffix('\r').unwrap_or(part));
                 }
-                blank_run = if line.trim().is_empty() {
-                    blank_run + 1
-                } else {
-                    0
-                };
-                if block.is_complete() || blank_run >= 2 {
+                if block.is_complete() {
                     return Input::Block(block.text());
                 }
             }
-            Err(ReadlineError::Interrupted) => {
-                block = Block::new(language);
-                blank_run = 0;
-            }
+            Err(ReadlineError::Interrupted) => block = Block::new(language, Source::Prompt),
             Err(ReadlineError::Eof) if block.is_empty() => return Input::Eof,
             Err(ReadlineError::Eof) => return Input::Block(block.text()),
             Err(e) => return Input::Failed(e.to_string()),

@@ -136,7 +136,8 @@ fn plan_upload(spec: &str) -> Result<Upload, InputError> {
         Some(dir) if dir.ends_with('/') => format!("{dir}{}", name()?),
         Some(path) => path.to_string(),
     };
-    let guest = sandbox::normalize_guest_path(&guest, false).map_err(InputError::Invalid)?;
+    let guest = sandbox::normalize_guest_path(&guest, false)
+        .map_err(|e| usage(format!("--upload {spec}: {e}")))?;
     Ok(Upload {
         local,
         guest,
@@ -146,7 +147,8 @@ fn plan_upload(spec: &str) -> Result<Upload, InputError> {
 
 fn plan_download(spec: &str) -> Result<Download, InputError> {
     let (guest, local) = split_download(spec);
-    let guest = sandbox::normalize_guest_path(guest, false).map_err(InputError::Invalid)?;
+    let guest = sandbox::normalize_guest_path(guest, false)
+        .map_err(|e| usage(format!("--download {spec}: {e}")))?;
     // A normalised path is never empty, so it has a last component.
     let base = guest
         .rsplit('/')
@@ -373,7 +375,10 @@ mod tests {
         assert!(err(super::plan(&["/dev/null".into()], &[])).contains("not a regular file"));
         for bad in ["../../etc/x", "/etc/x", ".."] {
             let msg = err(super::plan(&[format!("{f}:{bad}")], &[]));
-            assert!(msg.starts_with("[path]"), "{bad}: {msg}");
+            assert!(
+                msg.starts_with(&format!("--upload {f}:{bad}: path: ")),
+                "{bad}: {msg}"
+            );
         }
         assert!(err(super::plan(&[":x".into()], &[])).contains("no local file"));
     }
@@ -391,8 +396,8 @@ mod tests {
         assert_eq!(p.downloads[0].local, dir.path().join("b.txt"));
 
         assert!(err(plan(&[], &[format!("a:{d}/missing/b")])).contains("missing"));
-        assert!(err(plan(&[], &["../x".into()])).starts_with("[path]"));
-        assert!(err(plan(&[], &["".into()])).starts_with("[path]"));
+        assert!(err(plan(&[], &["../x".into()])).starts_with("--download ../x: path: "));
+        assert!(err(plan(&[], &["".into()])).starts_with("--download : path: "));
         assert!(
             err(plan(&[], &[format!("a:{d}/x"), format!("b:{d}/x")])).contains("also the target")
         );

@@ -137,14 +137,15 @@ pub(crate) fn clear_cloexec(fd: RawFd) -> std::io::Result<()> {
 /// Whether `dir` (or, if it does not exist yet, its nearest existing parent) is on a
 /// memory-backed filesystem, where home disk images would take host RAM.
 pub fn scratch_on_tmpfs(dir: &Path) -> bool {
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+    // Not in nix; the value is linux/magic.h's.
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
     let existing = dir
         .ancestors()
         .find(|p| p.exists())
         .unwrap_or(Path::new("/"));
-    nix::sys::statfs::statfs(existing)
-        .map(|s| matches!(s.filesystem_type().0 as i64, TMPFS_MAGIC | RAMFS_MAGIC))
+    statfs(existing)
+        .map(|s| [TMPFS_MAGIC, RAMFS_MAGIC].contains(&s.filesystem_type()))
         .unwrap_or(false)
 }
 
