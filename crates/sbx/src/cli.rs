@@ -133,10 +133,12 @@ pub enum ImagesCommand {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Runs per measurement.
+    /// Rounds: cold runs per language and of each baseline; 50 session calls (each beside a
+    /// loopback round trip) per round; transfers up to 3.
     #[arg(short = 'n', long, default_value_t = 10)]
     pub runs: usize,
-    /// Languages to measure (default: all).
+    /// Languages to measure (default: all). Session calls and transfers run in Python, so
+    /// they are measured only when python is one of them.
     #[arg(short, long, value_parser = parse_language)]
     pub language: Vec<sandbox::Language>,
     /// Write the raw samples as JSON to this file.
