@@ -64,7 +64,11 @@ fn boot() -> Result<(), InitError> {
     console::attach_stdio();
     console::trace("init started");
     mounts::mount_fs("sysfs", "/sys", "sysfs", mounts::PSEUDO, None)?;
-    modules::load_all(Path::new(modules::MODULE_DIR));
+    let networked = has_flag(protocol::guest_net::CMDLINE_FLAG);
+    modules::load_all(Path::new(modules::MODULE_DIR), modules::BASE_LIST);
+    if networked {
+        modules::load_all(Path::new(modules::MODULE_DIR), modules::NET_LIST);
+    }
     console::trace("modules loaded");
     rootfs::prepare(
         Path::new(AGENT_IN_INITRAMFS),
@@ -75,6 +79,11 @@ fn boot() -> Result<(), InitError> {
     // Neither is fatal: code that needs 127.0.0.1 or the hostname fails visibly, the rest runs.
     if let Err(e) = net::loopback_up() {
         console::line(&format!("sbx-init: {e}"));
+    }
+    // Fatal: a VM asked to have a network must not run code without the one it was given.
+    if networked {
+        net::nic_up(Path::new(protocol::guest_net::RESOLV_CONF))?;
+        console::trace("network up");
     }
     harden::apply();
     if let Err(e) = nix::unistd::sethostname(HOSTNAME) {

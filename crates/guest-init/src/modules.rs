@@ -9,12 +9,16 @@ use std::path::Path;
 /// Where `images` puts the modules and their `load-order` file (docs/CONTRACTS.md).
 pub const MODULE_DIR: &str = "/lib/modules/sbx";
 
-/// Loads every module named in `<dir>/load-order`. Failures are reported, never fatal: a
+/// The list every boot loads, and the one loaded when the VM has a NIC.
+pub const BASE_LIST: &str = "load-order";
+pub const NET_LIST: &str = "load-order-net";
+
+/// Loads every module named in `<dir>/<list>`. Failures are reported, never fatal: a
 /// module that is built in or not needed should not stop the boot, and a missing one that
-/// is needed shows up as a clear failure later (no disk, no port).
-pub fn load_all(dir: &Path) {
+/// is needed shows up as a clear failure later (no disk, no port, no NIC).
+pub fn load_all(dir: &Path, list: &str) {
     // No list means a kernel with everything built in: nothing to load.
-    let order = match std::fs::read_to_string(dir.join("load-order")) {
+    let order = match std::fs::read_to_string(dir.join(list)) {
         Ok(order) => order,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(e) => return console::line(&format!("sbx-init: reading the module list: {e}")),

@@ -8,10 +8,10 @@ use std::path::Path;
 use crate::cpio::CpioWriter;
 use crate::elf::{check_binary, Linking};
 use crate::error::ImageError;
-use crate::kernel::LOAD_ORDER_FILE;
+use crate::kernel::{LOAD_ORDER_FILE, NET_LOAD_ORDER_FILE};
 
 /// Writes `out` from the guest binaries and `modules_dir` (a kernel entry's `modules/`).
-/// Returns the module file names in load order.
+/// Returns the module file names in load order (those every boot loads, then the network's).
 pub(crate) fn build_initramfs(
     init: &[u8],
     agent: &[u8],
@@ -22,14 +22,17 @@ pub(crate) fn build_initramfs(
     check_binary("guest-init", init, Linking::Static)?;
     check_binary("guest-agent", agent, Linking::Static)?;
 
-    let order_path = modules_dir.join(LOAD_ORDER_FILE);
-    let order_text =
-        fs::read_to_string(&order_path).map_err(ImageError::io("read", &order_path))?;
-    let order: Vec<String> = order_text
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let read_list = |file: &str| -> Result<(String, Vec<String>), ImageError> {
+        let path = modules_dir.join(file);
+        let text = fs::read_to_string(&path).map_err(ImageError::io("read", &path))?;
+        let names = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        Ok((text, names))
+    };
+    let lists = [read_list(LOAD_ORDER_FILE)?, read_list(NET_LOAD_ORDER_FILE)?];
 
     let file = fs::File::create(out).map_err(ImageError::io("create", out))?;
     let write_err = ImageError::io("write", out);
@@ -51,20 +54,19 @@ pub(crate) fn build_initramfs(
         }
         w.file("init", 0o755, init)?;
         w.file("sbin/sbx-agent", 0o755, agent)?;
-        for name in &order {
-            let data = fs::read(modules_dir.join(name))?;
-            w.file(&format!("lib/modules/sbx/{name}"), 0o644, &data)?;
+        for ((text, names), file) in lists.iter().zip([LOAD_ORDER_FILE, NET_LOAD_ORDER_FILE]) {
+            for name in names {
+                let data = fs::read(modules_dir.join(name))?;
+                w.file(&format!("lib/modules/sbx/{name}"), 0o644, &data)?;
+            }
+            w.file(&format!("lib/modules/sbx/{file}"), 0o644, text.as_bytes())?;
         }
-        w.file(
-            &format!("lib/modules/sbx/{LOAD_ORDER_FILE}"),
-            0o644,
-            order_text.as_bytes(),
-        )?;
         Ok(())
     })();
     result.map_err(write_err)?;
     w.finish().map_err(ImageError::io("write", out))?;
-    Ok(order)
+    let [(_, base), (_, net)] = lists;
+    Ok(base.into_iter().chain(net).collect())
 }
 
 #[cfg(test)]
@@ -79,11 +81,13 @@ mod tests {
         fs::create_dir_all(&mods).unwrap();
         fs::write(mods.join("virtio_ring.ko"), b"ring").unwrap();
         fs::write(mods.join("virtio.ko"), b"virtio").unwrap();
+        fs::write(mods.join("virtio_net.ko"), b"net").unwrap();
         fs::write(mods.join(LOAD_ORDER_FILE), "virtio_ring.ko\nvirtio.ko\n").unwrap();
+        fs::write(mods.join(NET_LOAD_ORDER_FILE), "virtio_net.ko\n").unwrap();
         let (init, agent) = crate::guest_binaries();
         let out = tmp.path().join("initramfs.cpio");
         let order = build_initramfs(init, agent, &mods, &out).unwrap();
-        assert_eq!(order, ["virtio_ring.ko", "virtio.ko"]);
+        assert_eq!(order, ["virtio_ring.ko", "virtio.ko", "virtio_net.ko"]);
         let bytes = fs::read(&out).unwrap();
         let entries = decode(&bytes).unwrap();
         let find = |n: &str| {
@@ -99,6 +103,10 @@ mod tests {
         assert_eq!(
             find("lib/modules/sbx/load-order").data,
             b"virtio_ring.ko\nvirtio.ko\n"
+        );
+        assert_eq!(
+            find("lib/modules/sbx/load-order-net").data,
+            b"virtio_net.ko\n"
         );
         for d in ["dev", "proc", "sys", "newroot", "tmp"] {
             assert_eq!(find(d).mode & 0o170000, 0o040000, "{d} is a dir");

@@ -12,10 +12,14 @@ use object::{Object, ObjectSection};
 
 use crate::error::ImageError;
 use crate::host::{self, run};
-use crate::recipe::{GUEST_MODULES, KERNEL_PACKAGE};
+use crate::recipe::{GUEST_MODULES, KERNEL_PACKAGE, NET_MODULES};
 
 /// File name of the load-order list inside the kernel entry's `modules/` dir and the initramfs.
 pub(crate) const LOAD_ORDER_FILE: &str = "load-order";
+/// The image name in progress and error messages.
+const IMAGE: &str = "kernel";
+/// The same for the modules only a VM with a network loads.
+pub(crate) const NET_LOAD_ORDER_FILE: &str = "load-order-net";
 
 /// What a kernel build resolved, for the manifest.
 #[derive(Debug, Clone)]
@@ -23,6 +27,8 @@ pub(crate) struct KernelBuild {
     pub package_version: String,
     pub kernel_release: String,
     pub load_order: Vec<String>,
+    /// Loaded after `load_order` only when the VM has a network.
+    pub net_load_order: Vec<String>,
 }
 
 /// The uncompressed ELF kernel QEMU boots through its PVH entry (see `vmlinux`).
@@ -35,7 +41,6 @@ pub(crate) fn build_kernel(
     out: &Path,
     progress: &dyn crate::BuildProgress,
 ) -> Result<KernelBuild, ImageError> {
-    const IMAGE: &str = "kernel";
     progress.stage(IMAGE, &format!("downloading {KERNEL_PACKAGE}"));
     let deb = download_deb(work, KERNEL_PACKAGE)?;
     let package_version = deb_version(&deb)?;
@@ -78,10 +83,50 @@ pub(crate) fn build_kernel(
     progress.stage(IMAGE, "selecting modules");
     let mod_root = tree.join("lib/modules").join(&kernel_release);
     let index = index_modules(&mod_root.join("kernel"))?;
+    let base = module_closure(&index, GUEST_MODULES)?;
+    let net = module_closure(&index, NET_MODULES)?;
+    let order = ordered(GUEST_MODULES, &base)?;
+    // The network's modules, less those every boot loads anyway.
+    let net_order: Vec<String> = ordered(NET_MODULES, &net)?
+        .into_iter()
+        .filter(|m| !base.contains_key(m))
+        .collect();
+
+    let mod_out = out.join("modules");
+    fs::create_dir_all(&mod_out).map_err(ImageError::io("create dir", &mod_out))?;
+    for name in order.iter().chain(&net_order) {
+        let (raw, _) = base.get(name).or_else(|| net.get(name)).ok_or_else(|| {
+            ImageError::step(IMAGE, "module load order", format!("{name} was not read"))
+        })?;
+        let path = mod_out.join(format!("{name}.ko"));
+        fs::write(&path, raw).map_err(ImageError::io("write", &path))?;
+    }
+    for (file, names) in [(LOAD_ORDER_FILE, &order), (NET_LOAD_ORDER_FILE, &net_order)] {
+        let list: String = names.iter().map(|n| format!("{n}.ko\n")).collect();
+        let path = mod_out.join(file);
+        fs::write(&path, list).map_err(ImageError::io("write", &path))?;
+    }
+
+    Ok(KernelBuild {
+        package_version,
+        kernel_release,
+        load_order: order,
+        net_load_order: net_order,
+    })
+}
+
+/// A module's raw bytes and the modules it depends on.
+type ModuleInfo = (Vec<u8>, Vec<String>);
+
+/// `roots` and everything they depend on (read from each module's `depends=`), which may
+/// name modules not in our lists (e.g. erofs -> libcrc32c) that must be shipped and loaded
+/// first.
+fn module_closure(
+    index: &BTreeMap<String, PathBuf>,
+    roots: &[&str],
+) -> Result<BTreeMap<String, ModuleInfo>, ImageError> {
     let mut infos = BTreeMap::new();
-    let mut queue: Vec<String> = GUEST_MODULES.iter().map(|m| m.to_string()).collect();
-    // Walk the dependency closure: a wanted module's `depends=` may name modules not in our list
-    // (e.g. erofs -> libcrc32c), which must be shipped and loaded first.
+    let mut queue: Vec<String> = roots.iter().map(|m| m.to_string()).collect();
     while let Some(name) = queue.pop() {
         if infos.contains_key(&name) {
             continue;
@@ -104,30 +149,20 @@ pub(crate) fn build_kernel(
         queue.extend(deps.iter().cloned());
         infos.insert(name, (raw, deps));
     }
-    let deps: BTreeMap<String, Vec<String>> = infos
+    Ok(infos)
+}
+
+/// The load order of a closure, `roots` preferred in their given order.
+fn ordered(
+    roots: &[&str],
+    closure: &BTreeMap<String, ModuleInfo>,
+) -> Result<Vec<String>, ImageError> {
+    let deps: BTreeMap<String, Vec<String>> = closure
         .iter()
         .map(|(n, (_, d))| (n.clone(), d.clone()))
         .collect();
-    let wanted: Vec<String> = GUEST_MODULES.iter().map(|m| m.to_string()).collect();
-    let order =
-        load_order(&wanted, &deps).map_err(|e| ImageError::step(IMAGE, "module load order", e))?;
-
-    let mod_out = out.join("modules");
-    fs::create_dir_all(&mod_out).map_err(ImageError::io("create dir", &mod_out))?;
-    for name in &order {
-        let (raw, _) = &infos[name];
-        let path = mod_out.join(format!("{name}.ko"));
-        fs::write(&path, raw).map_err(ImageError::io("write", &path))?;
-    }
-    let list: String = order.iter().map(|n| format!("{n}.ko\n")).collect();
-    let path = mod_out.join(LOAD_ORDER_FILE);
-    fs::write(&path, list).map_err(ImageError::io("write", &path))?;
-
-    Ok(KernelBuild {
-        package_version,
-        kernel_release,
-        load_order: order,
-    })
+    let wanted: Vec<String> = roots.iter().map(|m| m.to_string()).collect();
+    load_order(&wanted, &deps).map_err(|e| ImageError::step(IMAGE, "module load order", e))
 }
 
 /// `apt-get download`s `package` into `dir` and returns the .deb path. Runs `apt-get update`

@@ -325,6 +325,7 @@ impl ImageStore {
                 resolved.insert("kernel_package_version".into(), k.package_version);
                 resolved.insert("kernel_release".into(), k.kernel_release);
                 resolved.insert("module_load_order".into(), k.load_order.join(","));
+                resolved.insert("net_module_load_order".into(), k.net_load_order.join(","));
             }
             Kind::Initramfs => {
                 let kernel_dir = self.present(Kind::Kernel).ok_or_else(|| {

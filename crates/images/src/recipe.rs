@@ -27,6 +27,9 @@ pub const GUEST_MODULES: &[&str] = &[
     "erofs",
 ];
 
+/// Modules loaded only when the VM has a NIC (the init sees `protocol::guest_net::CMDLINE_FLAG`).
+pub const NET_MODULES: &[&str] = &["virtio_net"];
+
 /// Debian suite of every root filesystem.
 pub const SUITE: &str = "bookworm";
 
@@ -112,7 +115,12 @@ impl Kind {
     /// The artifact file(s) an entry of this kind must contain.
     pub fn artifacts(self) -> &'static [&'static str] {
         match self {
-            Kind::Kernel => &["vmlinuz", "vmlinux", "modules/load-order"],
+            Kind::Kernel => &[
+                "vmlinuz",
+                "vmlinux",
+                "modules/load-order",
+                "modules/load-order-net",
+            ],
             Kind::Initramfs => &["initramfs.cpio"],
             Kind::Rootfs(_) => &["rootfs.erofs"],
         }
@@ -130,6 +138,7 @@ pub fn inputs(kind: Kind, guest_hashes: &GuestHashes) -> Vec<(String, String)> {
         Kind::Kernel => {
             v.push(("kernel_package".into(), KERNEL_PACKAGE.into()));
             v.push(("modules".into(), GUEST_MODULES.join(",")));
+            v.push(("net_modules".into(), NET_MODULES.join(",")));
             // The entry also holds the uncompressed ELF kernel for PVH boots.
             v.push(("artifacts".into(), Kind::Kernel.artifacts().join(",")));
         }
@@ -144,6 +153,10 @@ pub fn inputs(kind: Kind, guest_hashes: &GuestHashes) -> Vec<(String, String)> {
             v.push(("variant".into(), "essential".into()));
             v.push(("packages".into(), rootfs_packages(lang).join(",")));
             v.push(("mkfs_erofs".into(), MKFS_EROFS_ARGS.join(" ")));
+            v.push((
+                "resolv_conf".into(),
+                protocol::guest_net::RESOLV_CONF.into(),
+            ));
             match lang {
                 Language::Python => v.push(("uv".into(), UV_VERSION.into())),
                 Language::Javascript => {

@@ -100,6 +100,7 @@ pub(crate) fn build_rootfs(
     progress.stage(image, "adding user, trimming");
     add_user(&root)?;
     name_the_host(&root)?;
+    point_resolver(&root)?;
     trim(&root)?;
     build.tree_bytes = host::disk_size(&root)?;
 
@@ -333,6 +334,20 @@ pub(crate) fn name_the_host(root: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
+/// Makes `/etc/resolv.conf` a link to [`protocol::guest_net::RESOLV_CONF`], which the init
+/// writes only when the VM has a network. mmdebstrap leaves the build host's resolver
+/// there, which must neither leak into the image nor be what a networked guest asks.
+pub(crate) fn point_resolver(root: &Path) -> Result<(), ImageError> {
+    let link = root.join("etc/resolv.conf");
+    match fs::remove_file(&link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ImageError::io("remove", &link)(e)),
+    }
+    std::os::unix::fs::symlink(protocol::guest_net::RESOLV_CONF, &link)
+        .map_err(ImageError::io("symlink", &link))
+}
+
 /// Adds `user` (uid/gid 1000, home /home/user, shell /bin/bash) and the mount-point dirs.
 pub(crate) fn add_user(root: &Path) -> Result<(), ImageError> {
     use std::os::unix::fs::PermissionsExt;
@@ -467,6 +482,13 @@ mod tests {
         fs::create_dir_all(root.join("etc")).unwrap();
         fs::write(root.join("etc/hostname"), "buildhost\n").unwrap();
         name_the_host(root).unwrap();
+        fs::write(root.join("etc/resolv.conf"), "nameserver 10.255.255.53\n").unwrap();
+        point_resolver(root).unwrap();
+        point_resolver(root).unwrap(); // idempotent
+        assert_eq!(
+            fs::read_link(root.join("etc/resolv.conf")).unwrap(),
+            Path::new(protocol::guest_net::RESOLV_CONF)
+        );
         assert_eq!(
             fs::read_to_string(root.join("etc/hostname")).unwrap(),
             "sandbox\n"

@@ -49,6 +49,26 @@ pub const HOME_DISK_CMDLINE_FLAG: &str = "sbx.home=disk";
 pub const ROOT_DISK_SERIAL: &str = "sbx-root";
 pub const HOME_DISK_SERIAL: &str = "sbx-home";
 
+/// The guest's network, when it has one: a single virtio-net NIC backed by the host's
+/// user-mode network process (`net` crate), which answers for the gateway and the resolver.
+/// Fixed addresses: each VM has a network of its own, so they never clash.
+pub mod guest_net {
+    /// Kernel command-line flag telling the init to bring up `eth0` with these addresses.
+    pub const CMDLINE_FLAG: &str = "sbx.net=1";
+    pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    /// The host side's MAC (gateway and resolver).
+    pub const GATEWAY_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x02];
+    pub const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
+    pub const GATEWAY_IP: [u8; 4] = [10, 0, 2, 2];
+    /// The resolver the guest is told about; the network process answers on it.
+    pub const DNS_IP: [u8; 4] = [10, 0, 2, 2];
+    pub const PREFIX_LEN: u8 = 24;
+    pub const MTU: usize = 1500;
+    /// Where the init writes the resolver configuration; the images' `/etc/resolv.conf` is
+    /// a link to it, so a guest without a network has no resolver at all.
+    pub const RESOLV_CONF: &str = "/run/sbx/resolv.conf";
+}
+
 /// Line the init writes to the serial console in probe mode just before powering off.
 pub const PROBE_MARKER: &str = "SBX-PROBE-OK";
 

@@ -300,6 +300,7 @@ impl Scheduler {
             vcpus: self.inner.config.vcpus,
             boot_timeout: self.inner.config.boot_timeout,
             extra_cmdline: Vec::new(),
+            nic: false,
             home_disk: Some(HomeDiskSpec {
                 dir: self.inner.config.scratch_dir.clone(),
                 size_mb: disk_mb,

@@ -115,6 +115,14 @@ pub enum ValidationError {
         min_s: u64,
         max_s: u64,
     },
+    #[error("expose_ports: {reason}")]
+    Ports { reason: String },
+    #[error("network: {reason}")]
+    Network { reason: String },
+    #[error("network: domain {domain:?} {reason}")]
+    Domain { domain: String, reason: String },
+    #[error("network: destination range {range:?} {reason}")]
+    Range { range: String, reason: String },
 }
 
 impl ValidationError {
@@ -139,6 +147,8 @@ impl ValidationError {
             | Self::PathTooLong { .. }
             | Self::PathComponentTooLong { .. } => "path",
             Self::IdleTimeout { .. } => "idle_timeout",
+            Self::Ports { .. } => "expose_ports",
+            Self::Network { .. } | Self::Domain { .. } | Self::Range { .. } => "network",
         }
     }
 }

@@ -249,6 +249,7 @@ fn floor_spec(scheduler: &Scheduler, accel: sandbox::Accelerator) -> Result<vmm:
         boot_timeout: scheduler.config().boot_timeout,
         extra_cmdline: Vec::new(),
         home_disk: None,
+        nic: false,
     })
 }
 

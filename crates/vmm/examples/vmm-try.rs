@@ -38,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         boot_timeout: Duration::from_secs(30),
         extra_cmdline: Vec::new(),
         home_disk: None,
+        nic: false,
     };
     let mut times = Vec::new();
     for _ in 0..runs {

@@ -89,6 +89,9 @@ pub struct CommandSpec<'a> {
     pub mode: BootMode,
     /// The home disk image as inherited descriptors (read-write, read-only), agent mode only.
     pub home_fds: Option<[RawFd; 2]>,
+    /// A virtio-net NIC whose frames go through this unix socket (QEMU listens; the host's
+    /// network process connects), agent mode only.
+    pub nic_socket: Option<&'a Path>,
 }
 
 /// The fd set QEMU finds the home disk's descriptors in.
@@ -135,12 +138,16 @@ pub fn qemu_args(spec: &CommandSpec<'_>) -> Vec<OsString> {
         .push("-no-reboot");
     a.push("-kernel").push(spec.kernel);
     a.push("-initrd").push(spec.initramfs);
-    let home_disk = spec.home_fds.is_some() && matches!(spec.mode, BootMode::Agent { .. });
+    let agent = matches!(spec.mode, BootMode::Agent { .. });
+    let mut extra = spec.extra_cmdline.to_vec();
+    if agent && spec.nic_socket.is_some() {
+        extra.push(protocol::guest_net::CMDLINE_FLAG.to_string());
+    }
     a.push("-append").push(kernel_cmdline(
         spec.tsc_khz,
         &spec.mode,
-        home_disk,
-        spec.extra_cmdline,
+        agent && spec.home_fds.is_some(),
+        &extra,
     ));
     if let BootMode::Agent { socket } = &spec.mode {
         if let Some(rootfs) = spec.rootfs {
@@ -163,6 +170,18 @@ pub fn qemu_args(spec: &CommandSpec<'_>) -> Vec<OsString> {
             a.push("-device").push(format!(
                 "virtio-blk-device,drive=home,serial={HOME_DISK_SERIAL}"
             ));
+        }
+        if let Some(socket) = spec.nic_socket {
+            // QEMU listens, so a network process that dies can be replaced: QEMU accepts
+            // the next connection (7.2 and later).
+            let mut netdev = OsString::from("stream,id=net,server=on,addr.type=unix,addr.path=");
+            netdev.push(escape_commas(socket));
+            a.push("-netdev").push(netdev);
+            let mac = protocol::guest_net::GUEST_MAC
+                .map(|b| format!("{b:02x}"))
+                .join(":");
+            a.push("-device")
+                .push(format!("virtio-net-device,netdev=net,mac={mac}"));
         }
         a.push("-device").push("virtio-serial-device");
         a.push("-chardev").push(socket_chardev_arg(socket));
@@ -258,6 +277,7 @@ mod tests {
             extra_cmdline: &extra,
             mode,
             home_fds: None,
+            nic_socket: None,
         };
         qemu_args(&spec)
             .into_iter()
@@ -367,6 +387,7 @@ mod tests {
             extra_cmdline: &extra,
             mode: agent(),
             home_fds: Some([7, 9]),
+            nic_socket: Some(Path::new("/run/sbx/vm-1/net.sock")),
         })
         .into_iter()
         .map(|s| s.to_string_lossy().into_owned())
@@ -380,6 +401,14 @@ mod tests {
         );
         assert!(value_of(&a, "-device").contains(&"virtio-blk-device,drive=home,serial=sbx-home"));
         assert!(value_of(&a, "-append")[0].contains(" sbx.home=disk"));
+        assert_eq!(
+            value_of(&a, "-netdev"),
+            ["stream,id=net,server=on,addr.type=unix,addr.path=/run/sbx/vm-1/net.sock"]
+        );
+        assert!(
+            value_of(&a, "-device").contains(&"virtio-net-device,netdev=net,mac=52:54:00:12:34:56")
+        );
+        assert!(value_of(&a, "-append")[0].contains(" sbx.net=1"));
     }
 
     #[test]

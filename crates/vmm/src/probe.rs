@@ -133,6 +133,7 @@ async fn run_probe(
         boot_timeout,
         extra_cmdline: Vec::new(),
         home_disk: None,
+        nic: false,
     };
     let started = Instant::now();
     let kvm = boot_to_poweroff(&spec(Accelerator::Kvm, KVM_PROBE_DEADLINE), &registry).await;

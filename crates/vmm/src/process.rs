@@ -80,6 +80,46 @@ pub fn spawn_owned(
     cmd.spawn()
 }
 
+/// Spawns a helper into the existing process group `pgid` (a VM's QEMU group), with the
+/// same parent-death signal, and pipes for its stdin and stdout.
+pub fn spawn_helper(
+    program: &Path,
+    args: &[OsString],
+    stderr_log: &Path,
+    pgid: u32,
+) -> io::Result<Child> {
+    let log = File::create(stderr_log)?;
+    let group = i32::try_from(pgid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let parent = std::process::id() as libc::pid_t;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .process_group(group)
+        .kill_on_drop(true);
+    // SAFETY: as in `spawn_owned`: only async-signal-safe calls, no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
 /// SIGKILLs process group `pgid`. A group that is already gone is not an error.
 pub fn kill_group(pgid: u32) {
     let Ok(raw) = i32::try_from(pgid) else { return };

@@ -44,7 +44,14 @@ pub struct VmSpec {
     pub extra_cmdline: Vec<String>,
     /// A fresh disk for `/home/user`; without one the guest keeps its home in memory.
     pub home_disk: Option<HomeDiskSpec>,
+    /// Give the guest a NIC, backed by the unix socket [`Vm::nic_socket`] names; without
+    /// one the guest has only loopback. Something must connect to the socket and carry
+    /// the frames (the `net` crate's process, started with [`Vm::spawn_helper`]).
+    pub nic: bool,
 }
+
+/// The NIC's socket in the VM's work dir.
+const NIC_SOCKET: &str = "net.sock";
 
 impl VmSpec {
     /// A missing image would make QEMU exit at once, which looks transient; it is not, so
@@ -70,6 +77,7 @@ impl VmSpec {
         console_log: &'a Path,
         mode: BootMode,
         home_fds: Option<[RawFd; 2]>,
+        nic_socket: Option<&'a Path>,
     ) -> Vec<std::ffi::OsString> {
         qemu_args(&CommandSpec {
             qemu: &self.qemu,
@@ -84,6 +92,7 @@ impl VmSpec {
             extra_cmdline: &self.extra_cmdline,
             mode,
             home_fds,
+            nic_socket,
         })
     }
 }
@@ -115,10 +124,12 @@ impl Vm {
             if len > MAX_SOCKET_PATH {
                 return Err(BootError::SocketPathTooLong { path: socket, len });
             }
+            let nic = work.join(NIC_SOCKET);
             Ok(spec.command(
                 &work.join("console.log"),
                 BootMode::Agent { socket },
                 home_fds,
+                spec.nic.then_some(nic.as_path()),
             ))
         })
         .await?;
@@ -193,6 +204,26 @@ impl Vm {
     /// The VM's private work dir (removed at teardown): a place for further sockets.
     pub fn work_dir(&self) -> &Path {
         self.inst.work_dir()
+    }
+
+    /// The unix socket the guest's NIC is behind (QEMU listens on it), when the spec asked
+    /// for a NIC.
+    pub fn nic_socket(&self) -> PathBuf {
+        self.inst.path_in_work_dir(NIC_SOCKET)
+    }
+
+    /// Starts a helper process that belongs to this VM: it joins QEMU's process group, so
+    /// every teardown path that kills the VM (drop, shutdown, a second Ctrl+C, reaping after
+    /// a crash) kills it too, and it dies with this process (`PR_SET_PDEATHSIG`). Its stdin
+    /// and stdout are pipes for the caller; stderr goes to `<name>.stderr` in the work dir.
+    pub fn spawn_helper(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[std::ffi::OsString],
+    ) -> std::io::Result<tokio::process::Child> {
+        let log = self.inst.path_in_work_dir(&format!("{name}.stderr"));
+        crate::process::spawn_helper(program, args, &log, self.inst.pid())
     }
 
     /// The last ~2 KB of the serial console, for error messages.
@@ -280,7 +311,7 @@ async fn recv_watched(
 pub async fn boot_to_poweroff(spec: &VmSpec, registry: &Registry) -> Result<Duration, BootError> {
     spec.check_images()?;
     let mut inst = Instance::spawn(registry, &spec.qemu.path, &[], |work| {
-        Ok(spec.command(&work.join("console.log"), BootMode::Probe, None))
+        Ok(spec.command(&work.join("console.log"), BootMode::Probe, None, None))
     })
     .await?;
     let result = match inst.wait_exit(spec.boot_timeout).await {

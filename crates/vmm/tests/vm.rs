@@ -40,6 +40,7 @@ fn spec(with_rootfs: bool) -> VmSpec {
         boot_timeout: Duration::from_secs(60),
         extra_cmdline: Vec::new(),
         home_disk: None,
+        nic: false,
     }
 }
 
