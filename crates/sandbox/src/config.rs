@@ -31,6 +31,12 @@ pub struct Config {
     pub boot_timeout: Duration,
     pub boot_retry: RetryPolicy,
     pub vcpus: u32,
+    /// The resolver the VMs' network processes ask (`$SBX_DNS_UPSTREAM`, `IP:PORT` or `IP`);
+    /// `None` uses the host's first `nameserver` in `/etc/resolv.conf`.
+    pub upstream_dns: Option<std::net::SocketAddr>,
+    /// The network process executable (`$SBX_NET_HELPER`); `None` uses the copy built into
+    /// this library, installed under `<cache_dir>/bin` on first use.
+    pub net_helper: Option<PathBuf>,
 }
 
 impl Config {
@@ -83,6 +89,24 @@ impl Config {
                 max_delay: Duration::from_secs(2),
             },
             vcpus: 1,
+            upstream_dns: match std::env::var("SBX_DNS_UPSTREAM") {
+                Ok(v) if !v.is_empty() => Some(parse_resolver(&v)?),
+                _ => None,
+            },
+            net_helper: env("SBX_NET_HELPER").map(PathBuf::from),
         })
+    }
+}
+
+/// `IP:PORT` or a bare IPv4/IPv6 address (port 53).
+fn parse_resolver(value: &str) -> Result<std::net::SocketAddr, PermanentError> {
+    if let Ok(addr) = value.parse::<std::net::SocketAddr>() {
+        return Ok(addr);
+    }
+    match value.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(std::net::SocketAddr::new(ip, 53)),
+        Err(_) => Err(PermanentError::Config(format!(
+            "SBX_DNS_UPSTREAM={value:?}: expected an address such as 127.0.0.1 or 127.0.0.1:5353"
+        ))),
     }
 }

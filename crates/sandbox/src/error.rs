@@ -11,6 +11,7 @@
 //! | [`Error::Cancelled`] | the caller cancelled | maybe | caller's choice |
 //! | [`Error::SessionClosed`] | the session was closed before this call | no | open a new session |
 //! | [`Error::File`] | a file operation failed (see [`FileError`]) | no | fix the path or data |
+//! | [`Error::Network`] | the VM's network process failed (see [`NetworkError`]) | only for [`NetworkError::Lost`] | see the variant |
 
 use crate::validate::ValidationError;
 
@@ -32,6 +33,24 @@ pub enum Error {
     SessionClosed { reason: String },
     #[error(transparent)]
     File(#[from] FileError),
+    #[error("network: {0}")]
+    Network(#[from] NetworkError),
+}
+
+/// The VM's network process (which carries forwards and outbound traffic) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// A requested host port could not be bound (it is in use, or reserved). The code did
+    /// not run; pick another port or leave `external` out.
+    #[error("{0}")]
+    Bind(String),
+    /// The network process could not be started. The code did not run.
+    #[error("the network process could not start: {0}")]
+    Start(String),
+    /// The network process died while the code ran: the code may have run (partly), and the
+    /// VM was stopped, since its network was gone mid-call.
+    #[error("the network process died during the call; the code may have run: {0}")]
+    Lost(String),
 }
 
 /// Why a session file operation failed. Nothing in the guest was changed by a failed write.
@@ -61,7 +80,10 @@ impl Error {
 
     /// True when the code may have run (fully or partly).
     pub fn code_may_have_run(&self) -> bool {
-        matches!(self, Error::OutcomeUnknown { .. } | Error::Cancelled)
+        matches!(
+            self,
+            Error::OutcomeUnknown { .. } | Error::Cancelled | Error::Network(NetworkError::Lost(_))
+        )
     }
 
     /// A short stable name for the kind, used in JSON output.
@@ -74,6 +96,9 @@ impl Error {
             Error::Cancelled => "cancelled",
             Error::SessionClosed { .. } => "session_closed",
             Error::File(_) => "file",
+            Error::Network(NetworkError::Bind(_)) => "network_bind",
+            Error::Network(NetworkError::Start(_)) => "network_start",
+            Error::Network(NetworkError::Lost(_)) => "network_lost",
         }
     }
 }

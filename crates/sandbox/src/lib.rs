@@ -4,7 +4,8 @@
 //! [`ExecutionResult`], [`Config`] and the [`Error`] hierarchy — plus request validation and
 //! the policy that ties the parts together (which images, which accelerator, how many VMs at
 //! once). It must not build QEMU command lines or talk to processes directly (that is
-//! `vmm`), build images (`images`), or define wire formats (`protocol`).
+//! `vmm`), build images (`images`), define wire formats (`protocol`), or make network
+//! policy decisions (`net`, whose per-VM process it only starts and asks for reports).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sandbox::Error> {
@@ -23,6 +24,9 @@
 mod config;
 mod error;
 mod exec;
+mod net_helper;
+mod netproc;
+mod network;
 mod request;
 mod result;
 mod scheduler;
@@ -30,13 +34,18 @@ mod session;
 mod validate;
 
 pub use config::Config;
-pub use error::{Error, FileError, PermanentError, TransientError};
+pub use error::{Error, FileError, NetworkError, PermanentError, TransientError};
+pub use network::{
+    normalize_domain, parse_range, validate_network, ConnEvent, DnsEvent, ExposedPort,
+    InboundEvent, NetworkPolicy, NetworkReport, Outbound, PortMapping, PortProtocol,
+    MAX_ALLOW_DOMAINS, MAX_ALLOW_RANGES, MAX_EXPOSED_PORTS,
+};
 pub use protocol::{FileEntry, FileErrorKind, FileKind, Language, Stream, MAX_LISTING};
 pub use request::{
     RunRequest, DEFAULT_DISK_MB, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, STDERR_CAP, STDOUT_CAP,
 };
 pub use result::{ExecutionResult, OutputChunk, ReplInfo, Timing, Utf8Chunker};
-pub use scheduler::Scheduler;
+pub use scheduler::{RunObserver, Scheduler};
 pub use session::{Listing, Session, SessionOptions, DEFAULT_IDLE_TIMEOUT};
 pub use validate::{
     normalize_guest_path, validate, ValidationError, MAX_CODE_BYTES, MAX_DISK_MB, MAX_IDLE_TIMEOUT,

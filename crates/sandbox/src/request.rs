@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use protocol::Language;
 
+use crate::network::{NetworkPolicy, PortMapping};
+
 /// Default wall-clock limit for the code.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default guest memory, in MiB.
@@ -40,6 +42,11 @@ pub struct RunRequest {
     /// JavaScript it picks TypeScript, JSX or a module flavour); `None` for the default
     /// (`.py`, `.ts`, `.sh`).
     pub extension: Option<String>,
+    /// Where the guest may connect to; the default is no network at all.
+    pub network: NetworkPolicy,
+    /// Guest ports reachable from the host on 127.0.0.1 (at most 10). Exposing a port gives
+    /// the VM a network interface even when `network` allows no outbound traffic.
+    pub expose_ports: Vec<PortMapping>,
 }
 
 impl RunRequest {
@@ -52,6 +59,8 @@ impl RunRequest {
             disk_mb: DEFAULT_DISK_MB,
             env: Vec::new(),
             extension: None,
+            network: NetworkPolicy::default(),
+            expose_ports: Vec::new(),
         }
     }
 
@@ -77,6 +86,16 @@ impl RunRequest {
 
     pub fn extension(mut self, extension: impl Into<String>) -> Self {
         self.extension = Some(extension.into());
+        self
+    }
+
+    pub fn network(mut self, policy: NetworkPolicy) -> Self {
+        self.network = policy;
+        self
+    }
+
+    pub fn expose(mut self, port: PortMapping) -> Self {
+        self.expose_ports.push(port);
         self
     }
 }

@@ -5,6 +5,8 @@ use serde::{Serialize, Serializer};
 use protocol::{Language, Stream};
 use vmm::Accelerator;
 
+use crate::network::{ExposedPort, NetworkReport};
+
 /// How long each phase took, in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Timing {
@@ -26,7 +28,7 @@ pub struct Timing {
 /// appear as UTF-8 text; when the bytes are not valid UTF-8 (binary output, or a character
 /// cut in half by the cap), the text has U+FFFD in their place and `stdout_base64` /
 /// `stderr_base64` carry the exact bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExecutionResult {
     pub language: Language,
     pub stdout: Vec<u8>,
@@ -41,6 +43,11 @@ pub struct ExecutionResult {
     pub accelerator: Accelerator,
     /// Session calls only: what happened to the REPL that holds the session's state.
     pub repl: Option<ReplInfo>,
+    /// Where the forwarded guest ports were reachable on the host.
+    pub exposed_ports: Vec<ExposedPort>,
+    /// What the code asked of the network during this call (names, connections, inbound
+    /// forwards); `None` when the VM had no network.
+    pub network: Option<NetworkReport>,
 }
 
 /// The REPL's fate in one session call.
@@ -77,7 +84,7 @@ impl Serialize for ExecutionResult {
         };
         let stdout_base64 = exact(&self.stdout);
         let stderr_base64 = exact(&self.stderr);
-        let mut st = s.serialize_struct("ExecutionResult", 12)?;
+        let mut st = s.serialize_struct("ExecutionResult", 16)?;
         st.serialize_field("language", &self.language)?;
         st.serialize_field("stdout", &self.stdout_text())?;
         st.serialize_field("stderr", &self.stderr_text())?;
@@ -95,6 +102,12 @@ impl Serialize for ExecutionResult {
         st.serialize_field("accelerator", &self.accelerator)?;
         if let Some(repl) = &self.repl {
             st.serialize_field("repl", repl)?;
+        }
+        if !self.exposed_ports.is_empty() {
+            st.serialize_field("exposed_ports", &self.exposed_ports)?;
+        }
+        if let Some(network) = &self.network {
+            st.serialize_field("network", network)?;
         }
         st.end()
     }
@@ -174,6 +187,8 @@ mod tests {
             timing: Timing::default(),
             accelerator: Accelerator::Tcg,
             repl: None,
+            exposed_ports: Vec::new(),
+            network: None,
         }
     }
 

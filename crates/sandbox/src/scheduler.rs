@@ -9,7 +9,9 @@ use vmm::{AccelChoice, AccelVerdict, Accelerator, HomeDiskSpec, QemuInfo, Regist
 
 use crate::config::Config;
 use crate::error::{Error, PermanentError, TransientError};
-use crate::exec::{execute, millis, Cell};
+use crate::exec::{millis, Cell};
+use crate::netproc::{self, NetProcess};
+use crate::network::{ExposedPort, NetworkPolicy, Outbound, PortMapping};
 use crate::request::RunRequest;
 use crate::result::{ExecutionResult, OutputChunk, Timing};
 use crate::session::{Session, SessionOptions, WeakSession};
@@ -25,6 +27,43 @@ pub(crate) struct BootedVm {
     pub setup: Duration,
     pub boot: Duration,
     pub boot_retries: u32,
+    /// The VM's network process, when it has a NIC.
+    pub net: Option<NetProcess>,
+}
+
+/// What a VM's network should be: the policy and the forwards.
+#[derive(Clone, Copy)]
+pub(crate) struct NetRequest<'a> {
+    pub policy: &'a NetworkPolicy,
+    pub ports: &'a [PortMapping],
+}
+
+impl NetRequest<'_> {
+    /// A NIC only when something will use it: with no outbound traffic and no forwards the
+    /// guest has loopback alone.
+    fn needs_nic(&self) -> bool {
+        self.policy.outbound != Outbound::None || !self.ports.is_empty()
+    }
+}
+
+/// Receives what a run reports while it is in progress.
+pub trait RunObserver: Send {
+    /// A piece of output, as it arrives.
+    fn output(&mut self, chunk: OutputChunk);
+    /// The forwarded ports, once they are listening and before the code starts (called
+    /// only when ports were exposed).
+    fn ports_ready(&mut self, ports: &[ExposedPort]) {
+        let _ = ports;
+    }
+}
+
+/// Adapts an output callback to a [`RunObserver`].
+struct OutputOnly<F>(F);
+
+impl<F: FnMut(OutputChunk) + Send> RunObserver for OutputOnly<F> {
+    fn output(&mut self, chunk: OutputChunk) {
+        (self.0)(chunk)
+    }
 }
 
 /// Runs code in throwaway microVMs.
@@ -53,6 +92,8 @@ struct Inner {
     slots: Arc<Semaphore>,
     /// Open sessions, closed by [`Scheduler::shutdown`].
     sessions: std::sync::Mutex<Vec<WeakSession>>,
+    /// The network process executable, installed on first use.
+    net_helper: OnceCell<std::path::PathBuf>,
 }
 
 impl Scheduler {
@@ -77,6 +118,7 @@ impl Scheduler {
                 verdict: OnceCell::new(),
                 slots,
                 sessions: std::sync::Mutex::new(Vec::new()),
+                net_helper: OnceCell::new(),
             }),
         })
     }
@@ -182,14 +224,36 @@ impl Scheduler {
     pub async fn run_streaming(
         &self,
         request: RunRequest,
-        mut on_output: impl FnMut(OutputChunk) + Send,
+        on_output: impl FnMut(OutputChunk) + Send,
+    ) -> Result<ExecutionResult, Error> {
+        self.run_observed(request, &mut OutputOnly(on_output)).await
+    }
+
+    /// Runs code, telling `observer` about output and, before the code starts, the
+    /// forwarded ports (so a caller can print or use the URLs while the code runs).
+    pub async fn run_observed(
+        &self,
+        request: RunRequest,
+        observer: &mut impl RunObserver,
     ) -> Result<ExecutionResult, Error> {
         let started = Instant::now();
         validate(&request)?;
+        let net = NetRequest {
+            policy: &request.network,
+            ports: &request.expose_ports,
+        };
         let mut booted = self
-            .start_vm(request.language, request.memory_mb, request.disk_mb)
+            .start_vm(request.language, request.memory_mb, request.disk_mb, net)
             .await?;
         let setup = booted.setup;
+        let exposed_ports = booted
+            .net
+            .as_ref()
+            .map(|n| n.exposed_ports().to_vec())
+            .unwrap_or_default();
+        if !exposed_ports.is_empty() {
+            observer.ports_ready(&exposed_ports);
+        }
 
         let exec_started = Instant::now();
         let cell = Cell {
@@ -200,10 +264,17 @@ impl Scheduler {
             extension: request.extension.as_deref(),
             persistent: false,
         };
-        let outcome = execute(&mut booted.vm, &cell, &mut on_output).await;
+        let mut on_output = |chunk| observer.output(chunk);
+        let outcome = netproc::execute_with_network(
+            &mut booted.vm,
+            booted.net.as_mut(),
+            &cell,
+            &mut on_output,
+        )
+        .await;
         let execute_elapsed = exec_started.elapsed();
         booted.vm.shutdown().await;
-        let outcome = outcome?;
+        let (outcome, network) = outcome?;
         let completion = outcome.completion;
 
         Ok(ExecutionResult {
@@ -223,6 +294,8 @@ impl Scheduler {
             },
             accelerator: booted.accelerator,
             repl: None,
+            exposed_ports,
+            network,
         })
     }
 
@@ -245,8 +318,13 @@ impl Scheduler {
         validate_memory(options.memory_mb)?;
         validate_disk(options.disk_mb)?;
         validate_idle_timeout(options.idle_timeout)?;
+        crate::network::validate_network(&options.network, &options.expose_ports)?;
+        let net = NetRequest {
+            policy: &options.network,
+            ports: &options.expose_ports,
+        };
         let booted = self
-            .start_vm(options.language, options.memory_mb, options.disk_mb)
+            .start_vm(options.language, options.memory_mb, options.disk_mb, net)
             .await?;
         let session = Session::start(options, booted);
         let mut sessions = self
@@ -265,6 +343,7 @@ impl Scheduler {
         language: Language,
         memory_mb: u32,
         disk_mb: u32,
+        net: NetRequest<'_>,
     ) -> Result<BootedVm, Error> {
         let started = Instant::now();
         let images = match self
@@ -300,7 +379,7 @@ impl Scheduler {
             vcpus: self.inner.config.vcpus,
             boot_timeout: self.inner.config.boot_timeout,
             extra_cmdline: Vec::new(),
-            nic: false,
+            nic: net.needs_nic(),
             home_disk: Some(HomeDiskSpec {
                 dir: self.inner.config.scratch_dir.clone(),
                 size_mb: disk_mb,
@@ -312,6 +391,13 @@ impl Scheduler {
             vmm::boot_with_retry(&spec, &self.inner.registry, &self.inner.config.boot_retry)
                 .await
                 .map_err(|e| boot_error(e, self.inner.config.boot_retry.max_retries))?;
+        let net = match self.start_network(&vm, net).await {
+            Ok(net) => net,
+            Err(e) => {
+                vm.shutdown().await;
+                return Err(e);
+            }
+        };
         Ok(BootedVm {
             vm,
             slot,
@@ -319,7 +405,30 @@ impl Scheduler {
             setup,
             boot: boot_started.elapsed(),
             boot_retries,
+            net,
         })
+    }
+
+    /// Starts the VM's network process when it has a NIC.
+    async fn start_network(
+        &self,
+        vm: &Vm,
+        net: NetRequest<'_>,
+    ) -> Result<Option<NetProcess>, Error> {
+        if !net.needs_nic() {
+            return Ok(None);
+        }
+        let config = &self.inner.config;
+        let helper = self
+            .inner
+            .net_helper
+            .get_or_try_init(|| async {
+                crate::net_helper::helper_path(config.net_helper.as_deref(), &config.cache_dir)
+            })
+            .await?;
+        let process_config =
+            netproc::config_for(&vm.nic_socket(), net.policy, net.ports, config.upstream_dns);
+        Ok(Some(NetProcess::start(vm, helper, process_config).await?))
     }
 
     /// Waits for every run in flight to finish and refuses new ones. Every VM this scheduler

@@ -16,7 +16,9 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit};
 use vmm::{Accelerator, Vm};
 
 use crate::error::{Error, FileError, PermanentError};
-use crate::exec::{execute, millis, Cell};
+use crate::exec::{millis, Cell};
+use crate::netproc::{execute_with_network, NetProcess};
+use crate::network::{ExposedPort, NetworkPolicy, PortMapping};
 use crate::request::{DEFAULT_DISK_MB, DEFAULT_MEMORY_MB};
 use crate::result::{ExecutionResult, OutputChunk, ReplInfo, Timing};
 use crate::scheduler::BootedVm;
@@ -49,6 +51,10 @@ pub struct SessionOptions {
     pub disk_mb: u32,
     /// The VM is stopped after this long without a call (default 300 s).
     pub idle_timeout: Duration,
+    /// Where the guest may connect to; the default is no network at all.
+    pub network: NetworkPolicy,
+    /// Guest ports reachable from the host on 127.0.0.1 for the session's life.
+    pub expose_ports: Vec<PortMapping>,
 }
 
 impl SessionOptions {
@@ -58,7 +64,19 @@ impl SessionOptions {
             memory_mb: DEFAULT_MEMORY_MB,
             disk_mb: DEFAULT_DISK_MB,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            network: NetworkPolicy::default(),
+            expose_ports: Vec::new(),
         }
+    }
+
+    pub fn network(mut self, policy: NetworkPolicy) -> Self {
+        self.network = policy;
+        self
+    }
+
+    pub fn expose(mut self, port: PortMapping) -> Self {
+        self.expose_ports.push(port);
+        self
     }
 
     pub fn memory_mb(mut self, mb: u32) -> Self {
@@ -113,21 +131,23 @@ struct Shared {
     accelerator: Accelerator,
     idle_timeout: Duration,
     boot: Duration,
+    exposed_ports: Vec<ExposedPort>,
     /// `Open` between calls. A call takes the VM out and puts it back when it is done, so a
     /// call whose future is dropped midway drops the VM with it (killing it): the
     /// conversation with the guest is then in an unknown state and cannot go on.
     state: Mutex<State>,
     exec_count: AtomicU64,
-    watchdog: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// The idle watchdog and, with a network, the network watchdog.
+    watchdogs: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if let Some(handle) = self
-            .watchdog
+        for handle in self
+            .watchdogs
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
+            .drain(..)
         {
             handle.abort();
         }
@@ -141,6 +161,7 @@ enum State {
 
 struct Live {
     vm: Vm,
+    net: Option<NetProcess>,
     _slot: OwnedSemaphorePermit,
     last_used: tokio::time::Instant,
 }
@@ -167,21 +188,31 @@ const CANCELLED: &str = "an earlier call on it was cancelled midway, which stops
 
 impl Session {
     pub(crate) fn start(options: SessionOptions, booted: BootedVm) -> Session {
+        let has_net = booted.net.is_some();
         let shared = Arc::new(Shared {
             language: options.language,
             accelerator: booted.accelerator,
             idle_timeout: options.idle_timeout,
             boot: booted.boot,
+            exposed_ports: booted
+                .net
+                .as_ref()
+                .map(|n| n.exposed_ports().to_vec())
+                .unwrap_or_default(),
             state: Mutex::new(State::Open(Box::new(Live {
                 vm: booted.vm,
+                net: booted.net,
                 _slot: booted.slot,
                 last_used: tokio::time::Instant::now(),
             }))),
             exec_count: AtomicU64::new(0),
-            watchdog: std::sync::Mutex::new(None),
+            watchdogs: std::sync::Mutex::new(Vec::new()),
         });
-        let handle = tokio::spawn(watch_idle(Arc::downgrade(&shared))).abort_handle();
-        *shared.watchdog.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        let mut handles = vec![tokio::spawn(watch_idle(Arc::downgrade(&shared))).abort_handle()];
+        if has_net {
+            handles.push(tokio::spawn(watch_network(Arc::downgrade(&shared))).abort_handle());
+        }
+        *shared.watchdogs.lock().unwrap_or_else(|p| p.into_inner()) = handles;
         Session { shared }
     }
 
@@ -204,6 +235,12 @@ impl Session {
     /// How long the session's VM took to boot.
     pub fn boot_time(&self) -> Duration {
         self.shared.boot
+    }
+
+    /// Where the session's forwarded guest ports are reachable on the host. They stay the
+    /// same for the session's life, also when its network process is restarted.
+    pub fn exposed_ports(&self) -> &[ExposedPort] {
+        &self.shared.exposed_ports
     }
 
     /// Calls sent to the guest so far (whatever their outcome).
@@ -286,18 +323,28 @@ impl Session {
         validate_env(cell.env)?;
         let mut turn = self.turn().await?;
         let outcome = async {
-            let vm = &mut turn.live.vm;
+            let live = &mut *turn.live;
+            if let Some(net) = live.net.as_mut() {
+                // It died between calls (killed, crashed): QEMU takes a new one on the same
+                // socket, so the guest's network comes back, on the same host ports.
+                if net.is_gone() {
+                    net.restart(&live.vm)
+                        .await
+                        .map_err(|e| Fault::Transport(e.to_string()))?;
+                }
+            }
             let setup = started.elapsed();
             let exec_started = Instant::now();
             self.shared.exec_count.fetch_add(1, Ordering::Relaxed);
-            let outcome = execute(vm, &cell, &mut on_output)
-                .await
-                .map_err(|e| match e {
-                    // The guest could not start its REPL: the VM itself is fine.
-                    Error::Permanent(PermanentError::GuestCannotRun(_)) => Fault::Call(e),
-                    Error::Transient(t) => Fault::Transport(t.to_string()),
-                    other => Fault::Lost(other),
-                })?;
+            let (outcome, network) =
+                execute_with_network(&mut live.vm, live.net.as_mut(), &cell, &mut on_output)
+                    .await
+                    .map_err(|e| match e {
+                        // The guest could not start its REPL: the VM itself is fine.
+                        Error::Permanent(PermanentError::GuestCannotRun(_)) => Fault::Call(e),
+                        Error::Transient(t) => Fault::Transport(t.to_string()),
+                        other => Fault::Lost(other),
+                    })?;
             let completion = &outcome.completion;
             let result = ExecutionResult {
                 language: cell.language,
@@ -319,6 +366,8 @@ impl Session {
                     fresh: completion.repl_fresh,
                     lost: completion.repl_lost,
                 }),
+                exposed_ports: self.shared.exposed_ports.clone(),
+                network,
             };
             Ok(CallEnd {
                 value: result,
@@ -655,6 +704,37 @@ async fn download(
 
 /// Stops the VM once the session has been idle for its idle timeout. Holds only a weak
 /// reference, so it never keeps a dropped session's VM alive.
+/// How often an idle session checks that its network process is alive.
+const NETWORK_CHECK: Duration = Duration::from_secs(1);
+
+/// Restarts the network process when it dies between calls, so forwarded ports keep
+/// working while the session waits for its next call (a call in progress notices the death
+/// itself and fails).
+async fn watch_network(weak: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(NETWORK_CHECK).await;
+        let Some(shared) = weak.upgrade() else { return };
+        // Busy means a call holds the VM; it deals with a dead process itself.
+        let Ok(mut state) = shared.state.try_lock() else {
+            continue;
+        };
+        let State::Open(live) = &mut *state else {
+            return;
+        };
+        let Live { vm, net, .. } = &mut **live;
+        let Some(net) = net.as_mut() else { return };
+        if net.is_gone() {
+            if let Err(e) = net.restart(vm).await {
+                let reason = format!("its network process died and could not be restarted: {e}");
+                if let State::Open(live) = std::mem::replace(&mut *state, State::Closed(reason)) {
+                    live.vm.shutdown().await;
+                }
+                return;
+            }
+        }
+    }
+}
+
 async fn watch_idle(weak: Weak<Shared>) {
     loop {
         let deadline = {

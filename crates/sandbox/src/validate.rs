@@ -162,7 +162,8 @@ pub fn validate(req: &RunRequest) -> Result<(), ValidationError> {
     if let Some(ext) = &req.extension {
         validate_extension(req.language, ext)?;
     }
-    validate_env(&req.env)
+    validate_env(&req.env)?;
+    crate::network::validate_network(&req.network, &req.expose_ports)
 }
 
 /// The code file's extension must be one the language's interpreter knows.

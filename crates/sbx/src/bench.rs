@@ -5,6 +5,7 @@
 //! - In one Python session: the round trip of a call that does nothing (`pass`), beside a
 //!   host loopback round trip of about the same bytes; and file upload/download
 //!   throughput, beside the same bytes pushed through a host loopback TCP connection.
+//! - Port forwarding and DNS ([`net`]), beside host loopback connections.
 //!
 //! Ratios, not absolute times, are the result: these machines are shared and noisy, so
 //! every baseline is interleaved with what it is compared to, and nothing is asserted.
@@ -24,6 +25,8 @@ use tokio::net::{TcpListener, TcpStream, UnixStream};
 use crate::cli::BenchArgs;
 use crate::exit;
 use crate::progress::BuildProgress;
+
+mod net;
 
 /// Session calls timed per round. A call costs milliseconds where a cold run costs
 /// seconds, and a p95 over a handful of samples would only be the maximum.
@@ -93,6 +96,9 @@ impl Series {
 
 const MIB: u64 = 1024 * 1024;
 
+/// The most `--network-mb` may ask for: each round moves it twice through the guest.
+const MAX_NETWORK_MB: u64 = 4096;
+
 fn program(language: Language) -> &'static str {
     match language {
         Language::Python => "print(1)",
@@ -121,6 +127,13 @@ pub async fn bench(args: BenchArgs, scheduler: Scheduler) -> i32 {
         .await
     {
         return crate::run::report_error(&e, false);
+    }
+    if args.network_mb > MAX_NETWORK_MB {
+        eprintln!(
+            "sbx bench: --network-mb {}: at most {MAX_NETWORK_MB}",
+            args.network_mb
+        );
+        return exit::USAGE;
     }
     let verdict = match scheduler.accelerator().await {
         Ok(v) => v,
@@ -202,8 +215,20 @@ pub async fn bench(args: BenchArgs, scheduler: Scheduler) -> i32 {
             }
             Err(code) => return code,
         }
+        if args.network_mb > 0 {
+            match net::measure(&scheduler, runs, args.network_mb * MIB).await {
+                Ok(net_series) => {
+                    println!();
+                    net::print_table(&net_series);
+                    series.extend(net_series);
+                }
+                Err(code) => return code,
+            }
+        }
     } else {
-        eprintln!("sbx bench: session calls and file transfers run in Python; not measured");
+        eprintln!(
+            "sbx bench: session calls, file transfers and the network run in Python; not measured"
+        );
     }
 
     if let Some(path) = &args.json {

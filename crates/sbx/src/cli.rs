@@ -78,6 +78,31 @@ pub struct RunArgs {
     /// directory or one ending in `/` receives the file). Split at the first `:`. Repeatable.
     #[arg(long, value_name = "GUEST[:LOCAL]")]
     pub download: Vec<String>,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// Network flags, shared by `run` and `session`. Without any, the VM has no network
+/// interface at all.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NetArgs {
+    /// Make a guest port reachable on the host's 127.0.0.1 (EXTERNAL default: a free port,
+    /// printed when it is listening). Repeatable, at most 10. Alone, the guest still cannot
+    /// resolve names or connect anywhere.
+    #[arg(long, value_name = "INTERNAL[:EXTERNAL][/tcp|udp]")]
+    pub expose: Vec<String>,
+    /// Let the guest connect anywhere public (not the host's own addresses or private
+    /// ranges, unless --allow-range opens them).
+    #[arg(long, conflicts_with = "allow_domain")]
+    pub network: bool,
+    /// Let the guest resolve this domain and its subdomains and reach them over HTTPS (TLS
+    /// on port 443, checked by name) — and nothing else. Repeatable.
+    #[arg(long, value_name = "DOMAIN")]
+    pub allow_domain: Vec<String>,
+    /// A destination range (IPv4 CIDR) the guest may reach although it is private,
+    /// link-local or the host's loopback, which are refused otherwise. Repeatable.
+    #[arg(long, value_name = "CIDR")]
+    pub allow_range: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +129,8 @@ pub struct SessionArgs {
     /// No banner or status notes from sbx itself.
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +174,10 @@ pub struct BenchArgs {
     /// Size of the file for the upload/download throughput measurement, in MiB (0 skips it).
     #[arg(long, value_name = "MB", default_value_t = 64)]
     pub transfer_mb: u64,
+    /// Bytes pushed each way through a port forward per round, in MiB (0 skips the network
+    /// measurements: connection latency, forward throughput, DNS answers).
+    #[arg(long, value_name = "MB", default_value_t = 16)]
+    pub network_mb: u64,
 }
 
 fn parse_language(s: &str) -> Result<sandbox::Language, String> {

@@ -31,6 +31,8 @@ pub fn for_error(err: &sandbox::Error) -> i32 {
         // The VM is gone; whether a call in flight ran is in the message.
         sandbox::Error::SessionClosed { .. } => INFRA,
         sandbox::Error::File(_) => TRANSFER,
+        sandbox::Error::Network(sandbox::NetworkError::Lost(_)) => OUTCOME_UNKNOWN,
+        sandbox::Error::Network(_) => INFRA,
     }
 }
 

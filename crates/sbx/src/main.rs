@@ -10,6 +10,7 @@ mod cli;
 mod doctor;
 mod exit;
 mod images_cmd;
+mod netargs;
 mod progress;
 mod run;
 mod session;

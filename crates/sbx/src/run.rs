@@ -9,6 +9,7 @@ use sandbox::{Language, RunRequest, Scheduler, Stream};
 
 use crate::cli::RunArgs;
 use crate::exit;
+use crate::netargs;
 use crate::progress::BuildProgress;
 use crate::signals::Interrupts;
 use crate::transfer::{self, Plan};
@@ -39,12 +40,15 @@ pub fn build_request(args: &RunArgs) -> Result<RunRequest, InputError> {
         .filter(|e| language.extensions().contains(&e.as_str()));
     let timeout = parse_timeout(args.timeout, "--timeout")?;
     let env = parse_env(&args.env)?;
+    let (network, expose_ports) = netargs::from_args(&args.net)?;
     let mut request = RunRequest::new(language, code)
         .timeout(timeout)
         .memory_mb(args.memory)
         .disk_mb(args.disk)
-        .env(env);
+        .env(env)
+        .network(network);
     request.extension = extension;
+    request.expose_ports = expose_ports;
     Ok(request)
 }
 
@@ -264,12 +268,12 @@ pub async fn run(
     }
 
     let sink = OutputSink::new(args.json);
-    let on_output = {
-        let sink = sink.clone();
-        move |chunk| sink.write(chunk)
+    let mut observer = Observer {
+        sink: sink.clone(),
+        quiet: args.quiet,
     };
     let outcome = tokio::select! {
-        outcome = scheduler.run_streaming(request, on_output) => outcome,
+        outcome = scheduler.run_observed(request, &mut observer) => outcome,
         _ = interrupts.first() => {
             // The run future is dropped here, which kills its VM and removes its files.
             return interrupted(args.json, quiet);
@@ -292,6 +296,32 @@ pub async fn run(
     }
 }
 
+/// Streams output and says where forwarded ports are as soon as they listen (on stderr,
+/// also with `--json`: a caller needs the address while the code runs, not after).
+struct Observer {
+    sink: OutputSink,
+    quiet: bool,
+}
+
+impl sandbox::RunObserver for Observer {
+    fn output(&mut self, chunk: sandbox::OutputChunk) {
+        self.sink.write(chunk)
+    }
+
+    fn ports_ready(&mut self, ports: &[sandbox::ExposedPort]) {
+        announce_ports(ports, self.quiet);
+    }
+}
+
+pub fn announce_ports(ports: &[sandbox::ExposedPort], quiet: bool) {
+    if quiet {
+        return;
+    }
+    for port in ports {
+        eprintln!("sbx: {}", netargs::describe(port));
+    }
+}
+
 fn json_unwritable(exit_code: i32, e: &std::io::Error) -> i32 {
     eprintln!(
         "sbx: the code ran (exit code {exit_code}), but its JSON result could not be written: {e}"
@@ -300,6 +330,8 @@ fn json_unwritable(exit_code: i32, e: &std::io::Error) -> i32 {
 }
 
 /// How a run with files ended, before it is reported.
+// One value per run, moved once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum FilesOutcome {
     /// An upload failed; the code did not run.
     UploadFailed,
@@ -321,10 +353,13 @@ async fn run_with_files(
     let mut uploads = Vec::new();
     let mut downloads = Vec::new();
     let work = async {
-        let options = sandbox::SessionOptions::new(request.language)
+        let mut options = sandbox::SessionOptions::new(request.language)
             .memory_mb(request.memory_mb)
-            .disk_mb(request.disk_mb);
+            .disk_mb(request.disk_mb)
+            .network(request.network.clone());
+        options.expose_ports = request.expose_ports.clone();
         let session = scheduler.session(options).await?;
+        announce_ports(session.exposed_ports(), args.quiet);
         for up in &plan.uploads {
             let record = transfer::upload(&session, up).await;
             let failed = record.error.is_some();

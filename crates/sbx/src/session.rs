@@ -44,6 +44,8 @@ pub fn prepare(args: &SessionArgs) -> Result<Prepared, InputError> {
     let timeout = run::parse_timeout(args.timeout, "--timeout")?;
     let idle = run::parse_timeout(args.idle_timeout, "--idle-timeout")?;
     let env = run::parse_env(&args.env)?;
+    let (network, expose_ports) = crate::netargs::from_args(&args.net)?;
+    sandbox::validate_network(&network, &expose_ports).map_err(InputError::Invalid)?;
     // The per-call checks (timeout, memory, environment) are those of a run request.
     let probe = RunRequest::new(args.language, "0")
         .timeout(timeout)
@@ -58,14 +60,17 @@ pub fn prepare(args: &SessionArgs) -> Result<Prepared, InputError> {
             max_s: sandbox::MAX_IDLE_TIMEOUT.as_secs(),
         }));
     }
-    Ok(Prepared {
+    let mut prepared = Prepared {
         options: SessionOptions::new(args.language)
             .memory_mb(args.memory)
             .disk_mb(args.disk)
-            .idle_timeout(idle),
+            .idle_timeout(idle)
+            .network(network),
         timeout,
         env,
-    })
+    };
+    prepared.options.expose_ports = expose_ports;
+    Ok(prepared)
 }
 
 /// Whether this invocation is interactive: stdin is a terminal.
@@ -121,6 +126,7 @@ pub async fn session(
         // Dropping the boot kills the VM it was starting.
         _ = signals.next() => return interrupted(quiet),
     };
+    run::announce_ports(session.exposed_ports(), quiet);
     let calls = Calls {
         session,
         timeout: prepared.timeout,
@@ -201,6 +207,8 @@ struct Calls {
 }
 
 /// How one block ended.
+// One value per run, moved once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Ran {
     Done(Result<ExecutionResult, sandbox::Error>),
     /// The user or a signal ended the session while the block ran (its VM is gone).
