@@ -16,6 +16,8 @@ BASH_ARGV0=bash
 __sbx_flags=
 declare -A __sbx_saved=()
 declare -A __sbx_unexported=()
+# As in an interactive shell, aliases a cell defines work in later cells.
+builtin shopt -s expand_aliases
 
 builtin printf '\nready\n' >&4
 

@@ -38,6 +38,7 @@ def _serve():
     # As in the interactive interpreter: imports look in the current directory first.
     sys.argv = [""]
     sys.path[0] = ""
+    sys.meta_path.insert(0, _SpawnHook(main, driver_file))
 
     loop = None
 
@@ -213,4 +214,74 @@ def _serve():
             os._exit(0)
 
 
-_serve()
+class _SpawnHook:
+    """Patches `multiprocessing.spawn` when (if ever) the code imports it.
+
+    A worker started with 'spawn' or 'forkserver' is a fresh interpreter that rebuilds
+    `__main__` from a file, and a session's namespace has none: unpickling a function the
+    session defined fails in every worker, and a Pool then restarts workers forever. The
+    patch names this file as the main module to load, so the workers get `__getattr__`
+    below, which says what is wrong and interrupts the waiting parent instead.
+    """
+
+    def __init__(self, main, driver_file):
+        self.main = main
+        self.driver_file = driver_file
+
+    def find_spec(self, name, path, target=None):
+        if name != "multiprocessing.spawn":
+            return None
+        import importlib.util
+        import sys
+
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+        main, driver_file = self.main, self.driver_file
+
+        def exec_and_patch(module):
+            exec_module(module)
+            prepare = module.get_preparation_data
+
+            def get_preparation_data(name):
+                data = prepare(name)
+                if sys.modules.get("__main__") is main and not (
+                    "init_main_from_name" in data or "init_main_from_path" in data
+                ):
+                    data["init_main_from_path"] = driver_file
+                return data
+
+            module.get_preparation_data = get_preparation_data
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+def __getattr__(name):
+    # Only in a 'spawn'/'forkserver' worker, which loads this file as `__mp_main__` (see
+    # _SpawnHook) and asks it for the session's definitions it cannot have.
+    if __name__ != "__mp_main__" or (name.startswith("__") and name.endswith("__")):
+        raise AttributeError(name)
+    import os
+    import signal
+    import sys
+
+    sys.stderr.write(
+        f"sandbox: {name!r} was defined in the session, and a multiprocessing worker "
+        "started with 'spawn' or 'forkserver' is a fresh interpreter that cannot see the "
+        "session's definitions. Use the default 'fork' start method, or define "
+        f"{name!r} in a module file and import it.\n"
+    )
+    sys.stderr.flush()
+    try:
+        # The parent would otherwise wait for results that never come.
+        os.kill(os.getppid(), signal.SIGINT)
+    except OSError:
+        pass
+    raise AttributeError(f"{name!r} is defined only in the session's namespace")
+
+
+if __name__ == "__main__":
+    _serve()

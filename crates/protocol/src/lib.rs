@@ -239,6 +239,9 @@ pub enum FileErrorKind {
     InvalidPath,
     /// Anything else; the message says what.
     Other,
+    /// A read target is larger than the disk it is on (a sparse file): refused rather than
+    /// sent as mostly zeros.
+    TooLarge,
 }
 
 /// Most entries a listing returns; the rest are reported as `truncated`.

@@ -132,6 +132,8 @@ struct Shared {
     idle_timeout: Duration,
     boot: Duration,
     exposed_ports: Vec<ExposedPort>,
+    /// The home disk's size: no download can honestly be larger.
+    disk_bytes: u64,
     /// `Open` between calls. A call takes the VM out and puts it back when it is done, so a
     /// call whose future is dropped midway drops the VM with it (killing it): the
     /// conversation with the guest is then in an unknown state and cannot go on.
@@ -194,6 +196,7 @@ impl Session {
             accelerator: booted.accelerator,
             idle_timeout: options.idle_timeout,
             boot: booted.boot,
+            disk_bytes: u64::from(options.disk_mb) * 1024 * 1024,
             exposed_ports: booted
                 .net
                 .as_ref()
@@ -427,7 +430,7 @@ impl Session {
     ) -> Result<u64, Error> {
         let path = normalize_guest_path(path, false)?;
         let mut turn = self.turn().await?;
-        let outcome = download(&mut turn.live.vm, &path, &mut sink).await;
+        let outcome = download(&mut turn.live.vm, &path, &mut sink, self.shared.disk_bytes).await;
         turn.finish(outcome.map(CallEnd::keep)).await
     }
 
@@ -653,6 +656,7 @@ async fn download(
     vm: &mut Vm,
     path: &str,
     sink: &mut (impl AsyncWrite + Unpin),
+    limit: u64,
 ) -> Result<u64, Fault> {
     send(
         vm,
@@ -667,6 +671,13 @@ async fn download(
         match recv(vm).await? {
             GuestMessage::FileData { data } => {
                 received += data.len() as u64;
+                // The guest refuses files larger than their disk; one that sends more
+                // anyway is not behaving, and the conversation cannot be trusted after.
+                if received > limit {
+                    return Err(Fault::Transport(format!(
+                        "the guest sent more than the home disk's {limit} bytes for one file"
+                    )));
+                }
                 if sink_error.is_none() {
                     if let Err(e) = sink.write_all(&data).await {
                         sink_error = Some(e);

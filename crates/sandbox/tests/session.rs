@@ -103,6 +103,26 @@ async fn python_keeps_state_like_a_notebook() {
         "{}",
         text(&pool.stderr)
     );
+    // A 'spawn' worker cannot see them: a clear error, at once, and the session goes on.
+    let started = std::time::Instant::now();
+    let spawned = exec(
+        &s,
+        "with mp.get_context('spawn').Pool(1) as p:\n    print(p.map(sq, [1]))",
+    )
+    .await;
+    assert_ne!(spawned.exit_code, 0);
+    assert!(!spawned.timed_out);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        text(&spawned.stderr).contains("'sq' was defined in the session"),
+        "{}",
+        text(&spawned.stderr)
+    );
+    assert_eq!(spawned.repl.map(|r| r.lost), Some(false));
 
     // sys.exit ends the call, not the session.
     let exit = exec(&s, "import sys; sys.exit(3)").await;
@@ -117,7 +137,7 @@ async fn python_keeps_state_like_a_notebook() {
     let after = exec(&s, "print('x' in globals())").await;
     assert_eq!(text(&after.stdout), "False\n");
     assert_eq!(after.repl.map(|r| r.fresh), Some(true));
-    assert_eq!(s.exec_count(), 11);
+    assert_eq!(s.exec_count(), 12);
 
     s.close().await;
     assert!(matches!(
@@ -145,6 +165,8 @@ async fn raw_keeps_cwd_exports_and_functions_and_a_timeout_kills_everything() {
     exec(&s, "cd /tmp && export V=7 && f() { echo fn; }").await;
     let r = exec(&s, "pwd; echo $V; f").await;
     assert_eq!(text(&r.stdout), "/tmp\n7\nfn\n", "{}", text(&r.stderr));
+    exec(&s, "alias ll='echo aliased'").await;
+    assert_eq!(text(&exec(&s, "ll").await.stdout), "aliased\n");
 
     // env given to a call applies to that call only.
     let with_env = s
@@ -321,6 +343,26 @@ async fn files_round_trip_and_stay_inside_home() {
         ),
         "mine plain\n"
     );
+
+    // A sparse file larger than the disk is refused, not sent as gigabytes of zeros; a
+    // file still growing is read as it was when the read began.
+    exec(&s, "truncate -s 50G holes").await;
+    assert_eq!(
+        guest_refusal(s.read_file("holes").await.unwrap_err()),
+        FileErrorKind::TooLarge
+    );
+    exec(
+        &s,
+        "(while :; do head -c 65536 /dev/zero; sleep 0.05; done > growing) & sleep 0.5",
+    )
+    .await;
+    let mut sink = Vec::new();
+    let size = s
+        .read_file_to("growing", &mut sink)
+        .await
+        .expect("a growing file");
+    assert_eq!(size, sink.len() as u64);
+    exec(&s, "kill %1").await;
 
     scheduler.shutdown().await;
     assert_eq!(qemu_processes_under(dir.path()), 0);

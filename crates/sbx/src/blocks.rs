@@ -146,18 +146,28 @@ impl Block {
 pub fn split(language: Language, text: &str) -> Vec<String> {
     let mut blocks = Vec::new();
     let mut block = Block::new(language, Source::Script);
+    // A complete block is held back until the next line shows it is not continued there
+    // (a JavaScript `.then(…)` or `else` on its own line); a script can look ahead where a
+    // prompt cannot.
+    let mut held = false;
     for line in text.lines() {
         if block.is_empty() && line.trim().is_empty() {
             continue;
+        }
+        if held && !line.trim().is_empty() {
+            if !continues_statement(language, line) {
+                blocks.push(block.text());
+                block = Block::new(language, Source::Script);
+            }
+            held = false;
         }
         if block.ended_by_dedent(line) {
             blocks.push(block.text());
             block = Block::new(language, Source::Script);
         }
         block.push(line);
-        if block.is_complete() {
-            blocks.push(block.text());
-            block = Block::new(language, Source::Script);
+        if block.is_complete() && !line.trim().is_empty() {
+            held = true;
         }
     }
     if !block.is_empty() {
@@ -165,6 +175,36 @@ pub fn split(language: Language, text: &str) -> Vec<String> {
     }
     blocks.retain(|b| !b.trim().is_empty());
     blocks
+}
+
+/// Whether `next` carries on the statement before it rather than starting one: in
+/// JavaScript a line that starts with a member access, a binary operator or `else`/`catch`/
+/// `finally` (ASI would not end the statement before it, or could not start one with it).
+/// The other languages mark continuation on the line before, which the scanners see.
+fn continues_statement(language: Language, next: &str) -> bool {
+    if language != Language::Javascript {
+        return false;
+    }
+    let t = next.trim_start();
+    let keyword = ["else", "catch", "finally"].iter().any(|kw| {
+        t.strip_prefix(kw)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '{', '(']))
+    });
+    if keyword {
+        return true;
+    }
+    // `++x` and `--x` start statements; `...` and `.5` are not member accesses.
+    if t.starts_with("++") || t.starts_with("--") || t.starts_with("...") {
+        return false;
+    }
+    if let Some(rest) = t.strip_prefix('.') {
+        return rest.starts_with(|c: char| c.is_alphabetic() || c == '_' || c == '$' || c == '#');
+    }
+    [
+        "?.", "??", "&&", "||", "?", ":", "+", "-", "*", "%", "|", "&", "^", "=", ",", "<", ">",
+    ]
+    .iter()
+    .any(|op| t.starts_with(op))
 }
 
 /// The primary and continuation prompts.
@@ -193,6 +233,8 @@ struct PyScan {
     compound: bool,
     /// The last logical line wants an indented body (it ended in `:` or was a decorator).
     expect_body: bool,
+    /// The logical line being scanned is a decorator (`@…`): a definition must follow.
+    decorator: bool,
     /// A one-line string ran to the line's end: a syntax error, so nothing later can make
     /// the block valid; send it and let Python say so.
     broken: bool,
@@ -217,7 +259,8 @@ impl PyScan {
         if !self.open() {
             self.line_start = true;
             let head = line.trim_start();
-            if head.starts_with('@') {
+            self.decorator = head.starts_with('@');
+            if self.decorator {
                 self.compound = true;
             }
             let keyword = PY_COMPOUND.iter().any(|kw| {
@@ -271,22 +314,19 @@ impl PyScan {
                 _ => {}
             }
             if !c.is_whitespace() {
-                if self.line_start && c == '@' {
-                    // A decorator line wants the definition after it.
-                    self.last = Some(':');
-                } else {
-                    self.last = Some(c);
-                }
+                self.last = Some(c);
                 self.line_start = false;
             }
             i += 1;
         }
         if !self.open() {
-            self.expect_body = self.last == Some(':');
+            // A decorator line (`@functools.lru_cache`) wants the definition after it.
+            self.expect_body = self.last == Some(':') || self.decorator;
             if self.expect_body {
                 self.compound = true;
             }
             self.last = None;
+            self.decorator = false;
         }
     }
 
@@ -311,6 +351,20 @@ impl PyScan {
         self.broken = true;
         chars.len()
     }
+}
+
+/// `f()` or `function f` alone on a line: the body (`{ … }`) follows on the next one.
+fn is_function_header(line: &str) -> bool {
+    let t = line.trim();
+    let name_ok =
+        |name: &str| !name.is_empty() && name.chars().all(|c| is_word_char(c) || c == '-');
+    if let Some(name) = t.strip_suffix("()") {
+        let name = name.trim_end();
+        let name = name.strip_prefix("function").map_or(name, str::trim_start);
+        return name_ok(name);
+    }
+    let mut words = t.split_whitespace();
+    words.next() == Some("function") && words.next().is_some_and(name_ok) && words.next().is_none()
 }
 
 /// What a JavaScript scanner is inside of, innermost last.
@@ -706,7 +760,8 @@ impl ShScan {
             }
             i += 1;
         }
-        self.dangling = matches!(last_op, Some("|" | "&&" | "||")) && self.stack.is_empty();
+        self.dangling = (matches!(last_op, Some("|" | "&&" | "||")) || is_function_header(line))
+            && self.stack.is_empty();
         if !self.continued {
             self.start_next_heredoc();
         }
@@ -875,6 +930,49 @@ mod tests {
             b.push(line);
         }
         assert_eq!(b.text(), "def f():\n    return 1");
+    }
+
+    #[test]
+    fn scripts_keep_decorators_continuations_and_function_bodies_with_their_statement() {
+        assert_eq!(
+            split(
+                Language::Python,
+                "import functools\n@functools.lru_cache\ndef fib(n):\n    return n\nprint(fib(20))\n@a\n@b(1)\nclass C:\n    pass\n"
+            ),
+            vec![
+                "import functools",
+                "@functools.lru_cache\ndef fib(n):\n    return n",
+                "print(fib(20))",
+                "@a\n@b(1)\nclass C:\n    pass",
+            ]
+        );
+        assert_eq!(
+            split(
+                Language::Javascript,
+                "const r = [1, 2, 3]\n  .map(x => x * 2)\nconsole.log(r)\nconst t = 1\n  + 2\nif (t > 5) {\n  f()\n}\nelse {\n  g()\n}\ntry { h() }\ncatch (e) {}\nfinally {}\n++i\n...x\n"
+            ),
+            vec![
+                "const r = [1, 2, 3]\n  .map(x => x * 2)",
+                "console.log(r)",
+                "const t = 1\n  + 2",
+                "if (t > 5) {\n  f()\n}\nelse {\n  g()\n}",
+                "try { h() }\ncatch (e) {}\nfinally {}",
+                "++i",
+                "...x",
+            ]
+        );
+        assert_eq!(
+            split(
+                Language::Raw,
+                "f()\n{\n  echo in-f\n}\nf\nfunction g\n{\n  echo g\n}\necho 'h()'\n"
+            ),
+            vec![
+                "f()\n{\n  echo in-f\n}",
+                "f",
+                "function g\n{\n  echo g\n}",
+                "echo 'h()'",
+            ]
+        );
     }
 
     #[test]

@@ -48,12 +48,7 @@ impl StaticBuild<'_> {
         let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
 
         for krate in self.crates {
-            let dir = workspace.join("crates").join(krate);
-            println!("cargo:rerun-if-changed={}", dir.join("src").display());
-            println!(
-                "cargo:rerun-if-changed={}",
-                dir.join("Cargo.toml").display()
-            );
+            watch_sources(&workspace.join("crates").join(krate));
         }
         println!(
             "cargo:rerun-if-changed={}",
@@ -127,6 +122,25 @@ impl StaticBuild<'_> {
             paths.push(path);
         }
         paths
+    }
+}
+
+/// Reruns the build script when anything the crate is built from changes: its manifest,
+/// `src`, and other inputs beside them (the guest agent embeds its REPL drivers from
+/// `drivers/`). Tests, fuzzing and build output are left out: they are not inputs, and a
+/// fuzz corpus changes all the time.
+fn watch_sources(dir: &Path) {
+    const NOT_INPUTS: [&str; 5] = ["target", "fuzz", "tests", "benches", "examples"];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        println!("cargo:rerun-if-changed={}", dir.display());
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if NOT_INPUTS.iter().any(|n| name == *n) {
+            continue;
+        }
+        println!("cargo:rerun-if-changed={}", entry.path().display());
     }
 }
 

@@ -233,10 +233,29 @@ pub fn read(user: &User, path: &RelPath, chunks: SyncSender<Vec<u8>>) -> Result<
             format!("cannot read {}: {what}", super::shown(path.as_str())),
         ));
     }
+    // A file larger than the filesystem holding it is mostly holes (`truncate -s 50G`):
+    // sent in full it would be gigabytes of zeros written to the host, bounded by nothing.
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    let disk = sys::filesystem_bytes(fd.as_fd()).map_err(fail)?;
+    if size > disk {
+        return Err(FileError::new(
+            FileErrorKind::TooLarge,
+            format!(
+                "cannot read {}: its size ({size} bytes) is larger than the disk it is on ({disk} bytes), so it is a sparse file that would be sent as mostly zeros",
+                super::shown(path.as_str())
+            ),
+        ));
+    }
     let mut file = File::from(fd);
     let mut total = 0u64;
     loop {
-        let mut buf = vec![0u8; MAX_CHUNK];
+        // The file as it was when opened: one still being appended to would otherwise
+        // stream for as long as its writer keeps going.
+        let left = size - total;
+        if left == 0 {
+            return Ok(total);
+        }
+        let mut buf = vec![0u8; MAX_CHUNK.min(usize::try_from(left).unwrap_or(MAX_CHUNK))];
         let n = fill(&mut file, &mut buf).map_err(fail)?;
         if n == 0 {
             return Ok(total);

@@ -161,6 +161,17 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     }
 }
 
+/// Total size in bytes of the filesystem `fd` is on.
+pub fn filesystem_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `st` is written by the kernel on success, and only read then.
+    let st = unsafe {
+        check(libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()))?;
+        st.assume_init()
+    };
+    Ok(u64::from(st.f_blocks).saturating_mul(st.f_frsize))
+}
+
 pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     // SAFETY: plain integers.
     check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
