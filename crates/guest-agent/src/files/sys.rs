@@ -169,7 +169,7 @@ pub fn filesystem_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
         check(libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()))?;
         st.assume_init()
     };
-    Ok(u64::from(st.f_blocks).saturating_mul(st.f_frsize))
+    Ok(st.f_blocks.saturating_mul(st.f_frsize))
 }
 
 pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
