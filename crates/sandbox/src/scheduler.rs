@@ -360,6 +360,13 @@ impl Scheduler {
                 .next()
                 .ok_or_else(|| PermanentError::Internal("no image returned by build".into()))?,
         };
+        if net.needs_nic() && !self.inner.qemu.supports_netdev_stream() {
+            return Err(PermanentError::Config(format!(
+                "{} has no `-netdev stream` (QEMU 7.2 or later), which the guest's network needs; run without network flags or use a newer QEMU (SBX_QEMU)",
+                self.inner.qemu.version_string
+            ))
+            .into());
+        }
         let verdict = self.accelerator().await?;
         let slot = self
             .inner

@@ -26,6 +26,9 @@ struct Report {
     mke2fs: Option<String>,
     mke2fs_error: Option<String>,
     images: Vec<ImageLine>,
+    /// Whether a guest can have a network (QEMU's `-netdev stream`), and the resolver the
+    /// network processes ask.
+    network: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -116,6 +119,18 @@ pub async fn doctor(args: crate::cli::DoctorArgs) -> i32 {
         scratch_on_tmpfs: vmm::scratch_on_tmpfs(&config.scratch_dir),
         mke2fs,
         mke2fs_error,
+        network: qemu.as_ref().map(|q| {
+            let dns = config.upstream_dns.map_or_else(
+                || "the host's first nameserver".to_string(),
+                |a| a.to_string(),
+            );
+            if q.supports_netdev_stream() {
+                format!("available (-netdev stream); DNS upstream: {dns}")
+            } else {
+                "UNAVAILABLE: QEMU older than 7.2 has no -netdev stream; network flags will fail"
+                    .to_string()
+            }
+        }),
         images,
     };
     if args.json {
@@ -193,6 +208,9 @@ fn print_text(r: &Report) {
         "no cgroup v2 (rlimits only)".into()
     };
     line("cgroups", &cg);
+    if let Some(net) = &r.network {
+        line("network", net);
+    }
     line(
         "host TSC",
         &r.host_tsc_khz

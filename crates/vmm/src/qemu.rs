@@ -27,6 +27,14 @@ pub struct QemuInfo {
     pub microvm_bios: Option<PathBuf>,
 }
 
+impl QemuInfo {
+    /// Whether this QEMU has `-netdev stream`, which backs the guest NIC with the network
+    /// process's unix socket (added in QEMU 7.2).
+    pub fn supports_netdev_stream(&self) -> bool {
+        self.version >= (7, 2, 0)
+    }
+}
+
 /// Locates QEMU (`explicit` or `$PATH`), runs `-version` once and probes `-sandbox` support.
 pub fn find_qemu(explicit: Option<&Path>) -> Result<QemuInfo, VmmError> {
     let path = match explicit {
@@ -112,6 +120,20 @@ pub fn parse_version(output: &str) -> Option<(u32, u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn netdev_stream_needs_7_2() {
+        let info = |version| QemuInfo {
+            path: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            version,
+            version_string: String::new(),
+            supports_sandbox: true,
+            microvm_bios: None,
+        };
+        assert!(!info((7, 1, 9)).supports_netdev_stream());
+        assert!(info((7, 2, 0)).supports_netdev_stream());
+        assert!(info((10, 0, 2)).supports_netdev_stream());
+    }
 
     #[test]
     fn parses_debian_versions() {
