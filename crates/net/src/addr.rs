@@ -38,6 +38,29 @@ pub fn is_translated(ip: Ipv4Addr) -> bool {
     untranslate(ip) != ip
 }
 
+/// The host's own IPv4 addresses (every interface, loopback included), read once at start.
+/// A public address of the host is as much "the host" as 127.0.0.1: services bound to
+/// `0.0.0.0` answer on it, so the guest must not reach it unless it is opted in.
+pub fn host_addresses() -> Vec<Ipv4Addr> {
+    match if_addrs::get_if_addrs() {
+        Ok(interfaces) => interfaces
+            .into_iter()
+            .filter_map(|i| match i.ip() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect(),
+        // Without the list every address is checked only by its class; say so, since a
+        // host with a public address would then be reachable at it.
+        Err(e) => {
+            eprintln!(
+                "sbx-net: cannot list the host's addresses ({e}); they are not refused by address"
+            );
+            Vec::new()
+        }
+    }
+}
+
 /// Why a host address is not reachable unless opted in, or `None` for a public address.
 pub fn restricted_kind(ip: Ipv4Addr) -> Option<&'static str> {
     let [a, b, ..] = ip.octets();

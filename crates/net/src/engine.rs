@@ -87,6 +87,8 @@ pub struct Engine {
     pub(crate) settings: Settings,
     pub(crate) dns_map: DnsMap,
     pub(crate) recorder: Recorder,
+    /// The guest's fragmented UDP datagrams being put back together.
+    reassembler: crate::reassembly::Reassembler,
     pub(crate) conns: HashMap<u64, TcpConn>,
     /// Outbound TCP flows by (guest port, destination), to recognise SYN retransmits.
     pub(crate) flows: HashMap<(u16, SocketAddrV4), u64>,
@@ -132,6 +134,7 @@ impl Engine {
             settings,
             dns_map: DnsMap::new(),
             recorder: Recorder::default(),
+            reassembler: Default::default(),
             conns: HashMap::new(),
             flows: HashMap::new(),
             next_id: 0,
@@ -197,6 +200,11 @@ impl Engine {
     fn ingress(&mut self, frame: Vec<u8>) {
         match wire::inspect(&frame) {
             Inspected::Drop => {}
+            Inspected::UdpFragment => {
+                if let Some(d) = self.reassembler.push(&frame, std::time::Instant::now()) {
+                    self.guest_udp(d.src, d.dst, d.payload);
+                }
+            }
             Inspected::Udp { src, dst, payload } => {
                 let payload = payload.to_vec();
                 self.guest_udp(src, dst, payload);

@@ -16,6 +16,8 @@ pub mod frame;
 #[cfg(feature = "stack")]
 pub mod policy;
 #[cfg(feature = "stack")]
+pub mod reassembly;
+#[cfg(feature = "stack")]
 pub mod tls;
 
 #[cfg(feature = "stack")]

@@ -3,7 +3,7 @@
 //! Built once from the [`Config`]; every decision the process makes about guest traffic asks
 //! this module, so the rules live in one place.
 
-use crate::addr::{restricted_kind, translate_loopback, untranslate};
+use crate::addr::{host_addresses, restricted_kind, translate_loopback, untranslate};
 use crate::contract::{Config, Mode};
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
@@ -26,6 +26,8 @@ pub struct Policy {
     pub mode: Mode,
     domains: Vec<String>,
     ranges: Vec<Ipv4Net>,
+    /// The host's own addresses, refused like loopback unless opted in.
+    host: Vec<Ipv4Addr>,
 }
 
 impl Policy {
@@ -54,11 +56,28 @@ impl Policy {
             mode,
             domains,
             ranges,
+            host: Vec::new(),
         })
     }
 
+    /// The policy for the process: the config's rules, with this host's own addresses.
     pub fn from_config(config: &Config) -> Result<Policy, PolicyError> {
-        Policy::new(config.mode, &config.allow_domains, &config.allow_ranges)
+        Ok(
+            Policy::new(config.mode, &config.allow_domains, &config.allow_ranges)?
+                .with_host_addresses(host_addresses()),
+        )
+    }
+
+    /// Refuses these addresses as the host's own (besides its loopback, which is refused
+    /// by class).
+    pub fn with_host_addresses(mut self, host: Vec<Ipv4Addr>) -> Policy {
+        self.host = host;
+        self
+    }
+
+    /// Why `ip` is not reachable unless opted in: its class, or being this host's.
+    fn restricted(&self, ip: Ipv4Addr) -> Option<&'static str> {
+        restricted_kind(ip).or_else(|| self.host.contains(&ip).then_some("this host's own address"))
     }
 
     /// Whether `name` equals, or is a subdomain of, a listed domain.
@@ -80,7 +99,7 @@ impl Policy {
     /// The host address to connect to for guest destination `dst`, or why it is refused.
     pub fn destination(&self, dst: Ipv4Addr) -> Result<Ipv4Addr, String> {
         let host = untranslate(dst);
-        match restricted_kind(host) {
+        match self.restricted(host) {
             Some(kind) if !self.in_ranges(host) => Err(format!(
                 "destination {dst} is {kind} (opt in with a destination range)"
             )),
@@ -98,7 +117,7 @@ impl Policy {
                 format!("{ip} is loopback outside 127.0.0.0/15 (cannot be translated)")
             });
         }
-        match restricted_kind(ip) {
+        match self.restricted(ip) {
             // Includes 198.18.0.0/15: the translated block must stay unambiguous in every mode.
             Some(kind @ "reserved") => Err(format!("{ip} is {kind}")),
             Some(kind) if self.mode == Mode::Allowlist && !self.in_ranges(ip) => {
@@ -148,6 +167,23 @@ mod tests {
         assert!(policy.destination(Ipv4Addr::new(1, 1, 1, 1)).is_ok());
         let closed = Policy::new(Mode::Full, &[], &[]).expect("valid");
         assert!(closed.destination(Ipv4Addr::new(198, 18, 0, 1)).is_err());
+        // The host's own public address is the host, like its loopback.
+        let own = Ipv4Addr::new(192, 0, 2, 2);
+        let hosted = Policy::new(Mode::Full, &[], &[])
+            .expect("valid")
+            .with_host_addresses(vec![own]);
+        assert_eq!(
+            hosted.destination(own),
+            Err("destination 192.0.2.2 is this host's own address (opt in with a destination range)".into())
+        );
+        let allowlisted = Policy::new(Mode::Allowlist, &["a.test".into()], &[])
+            .expect("valid")
+            .with_host_addresses(vec![own]);
+        assert!(allowlisted.answer_address(own).is_err());
+        let opted = Policy::new(Mode::Full, &[], &["192.0.2.2/32".into()])
+            .expect("valid")
+            .with_host_addresses(vec![own]);
+        assert_eq!(opted.destination(own), Ok(own));
     }
 
     #[test]

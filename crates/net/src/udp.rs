@@ -6,7 +6,7 @@ use crate::contract::{ConnEvent, InboundEvent, Mode, Protocol};
 use crate::dns::{self, PendingQuery, QueryDecision};
 use crate::engine::Engine;
 use crate::host;
-use crate::wire::{udp_frame, GATEWAY, GUEST};
+use crate::wire::{udp_frames, GATEWAY, GUEST};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,7 +154,7 @@ impl Engine {
     }
 
     fn dns_to_guest(&mut self, guest: SocketAddrV4, response: &[u8]) {
-        if let Some(frame) = udp_frame(SocketAddrV4::new(GATEWAY, DNS_PORT), guest, response) {
+        for frame in udp_frames(SocketAddrV4::new(GATEWAY, DNS_PORT), guest, response) {
             self.send_frame(frame);
         }
     }
@@ -165,8 +165,11 @@ impl Engine {
         };
         flow.last = Instant::now();
         // The guest sees the reply come from the address it sent to (translated or not).
-        if let Some(frame) = udp_frame(key.1, SocketAddrV4::new(GUEST, key.0), &data) {
+        let frames = udp_frames(key.1, SocketAddrV4::new(GUEST, key.0), &data);
+        if !frames.is_empty() {
             flow.event.bytes_in += data.len() as u64;
+        }
+        for frame in frames {
             self.send_frame(frame);
         }
     }
@@ -209,18 +212,21 @@ impl Engine {
                 port
             }
         };
-        let Some(frame) = udp_frame(
+        let frames = udp_frames(
             SocketAddrV4::new(GATEWAY, port),
             SocketAddrV4::new(GUEST, bound.internal),
             &data,
-        ) else {
+        );
+        if frames.is_empty() {
             return;
-        };
+        }
         if let Some(entry) = self.inbound_udp.get_mut(&port) {
             entry.last = Instant::now();
             entry.event.bytes_in += data.len() as u64;
         }
-        self.send_frame(frame);
+        for frame in frames {
+            self.send_frame(frame);
+        }
     }
 
     fn inbound_udp_reply(&mut self, port: u16, data: &[u8]) {

@@ -32,7 +32,10 @@ pub enum Inspected<'a> {
         dst: SocketAddrV4,
         payload: &'a [u8],
     },
-    /// Anything else (IPv6, fragments, bad checksums, other hosts' traffic): dropped silently.
+    /// A fragment of a UDP datagram too large for one frame, for [`crate::reassembly`].
+    UdpFragment,
+    /// Anything else (IPv6, later fragments, bad checksums, other hosts' traffic): dropped
+    /// silently.
     Drop,
 }
 
@@ -73,10 +76,17 @@ fn inspect_ipv4(payload: &[u8]) -> Inspected<'_> {
     let Ok(ip) = Ipv4Packet::new_checked(payload) else {
         return Inspected::Drop;
     };
-    if !ip.verify_checksum() || ip.more_frags() || ip.frag_offset() != 0 || ip.src_addr() != GUEST {
+    if !ip.verify_checksum() || ip.src_addr() != GUEST {
         return Inspected::Drop;
     }
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    if ip.more_frags() || ip.frag_offset() != 0 {
+        return if ip.next_header() == IpProtocol::Udp {
+            Inspected::UdpFragment
+        } else {
+            Inspected::Drop
+        };
+    }
     match ip.next_header() {
         IpProtocol::Udp => {
             let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
@@ -111,12 +121,63 @@ fn inspect_ipv4(payload: &[u8]) -> Inspected<'_> {
     }
 }
 
+/// Largest UDP payload an IPv4 datagram can carry.
+pub const MAX_UDP_DATAGRAM: usize = 65535 - 20 - 8;
+
+/// The frames carrying one UDP datagram from `src` to the guest at `dst`: one frame when it
+/// fits the MTU, else IPv4 fragments (which the guest's kernel reassembles), or none when
+/// the payload is larger than a datagram can be.
+pub fn udp_frames(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<Vec<u8>> {
+    if payload.len() <= MAX_UDP_PAYLOAD {
+        return udp_frame(src, dst, payload).into_iter().collect();
+    }
+    if payload.len() > MAX_UDP_DATAGRAM {
+        return Vec::new();
+    }
+    let whole = datagram_frame(src, dst, payload);
+    fragment(&whole)
+}
+
+/// Fragment payloads are multiples of 8 bytes (the offset's unit) that fit the MTU.
+const FRAGMENT_DATA: usize = (protocol::guest_net::MTU - 20) / 8 * 8;
+
+/// Splits an Ethernet frame holding one oversized IPv4 packet into MTU-sized fragments.
+fn fragment(whole: &[u8]) -> Vec<Vec<u8>> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static IDENT: AtomicU16 = AtomicU16::new(1);
+    const ETH: usize = 14;
+    const IP: usize = 20;
+    let ident = IDENT.fetch_add(1, Ordering::Relaxed);
+    let data = &whole[ETH + IP..];
+    let mut frames = Vec::new();
+    for (i, chunk) in data.chunks(FRAGMENT_DATA).enumerate() {
+        let mut frame = Vec::with_capacity(ETH + IP + chunk.len());
+        frame.extend_from_slice(&whole[..ETH + IP]);
+        frame.extend_from_slice(chunk);
+        let mut packet = Ipv4Packet::new_unchecked(&mut frame[ETH..]);
+        // `total_len` fits: IP + at most FRAGMENT_DATA bytes.
+        packet.set_total_len((IP + chunk.len()) as u16);
+        packet.set_ident(ident);
+        packet.set_dont_frag(false);
+        packet.set_more_frags((i + 1) * FRAGMENT_DATA < data.len());
+        packet.set_frag_offset((i * FRAGMENT_DATA) as u16);
+        packet.fill_checksum();
+        frames.push(frame);
+    }
+    frames
+}
+
 /// An Ethernet frame carrying one UDP datagram from `src` to the guest at `dst`, or `None`
 /// when the payload does not fit one frame.
 pub fn udp_frame(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Option<Vec<u8>> {
     if payload.len() > MAX_UDP_PAYLOAD {
         return None;
     }
+    Some(datagram_frame(src, dst, payload))
+}
+
+/// The frame for a datagram, however large (the caller fragments what exceeds the MTU).
+fn datagram_frame(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     let udp = UdpRepr {
         src_port: src.port(),
         dst_port: dst.port(),
@@ -148,7 +209,7 @@ pub fn udp_frame(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Option
         |buf| buf.copy_from_slice(payload),
         &checksums,
     );
-    Some(buffer)
+    buffer
 }
 
 #[cfg(test)]
@@ -161,6 +222,42 @@ mod tests {
         frame[..6].copy_from_slice(&GATEWAY_MAC);
         frame[6..12].copy_from_slice(&GUEST_MAC);
         frame
+    }
+
+    #[test]
+    fn large_datagrams_become_fragments_that_reassemble() {
+        let src = SocketAddrV4::new(Ipv4Addr::new(1, 2, 3, 4), 53);
+        let dst = SocketAddrV4::new(GUEST, 4000);
+        let payload: Vec<u8> = (0..9000u32).map(|i| i as u8).collect();
+        let frames = udp_frames(src, dst, &payload);
+        assert_eq!(frames.len(), 7);
+        let mut data = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            assert!(frame.len() <= 14 + protocol::guest_net::MTU);
+            let eth = EthernetFrame::new_checked(&frame[..]).expect("ethernet");
+            let ip = Ipv4Packet::new_checked(eth.payload()).expect("ip");
+            assert!(ip.verify_checksum());
+            assert_eq!(ip.frag_offset() as usize, data.len());
+            assert_eq!(ip.more_frags(), i + 1 < frames.len());
+            data.extend_from_slice(ip.payload());
+        }
+        let udp = UdpPacket::new_checked(&data[..]).expect("udp");
+        assert!(udp.verify_checksum(&IpAddress::Ipv4(*src.ip()), &IpAddress::Ipv4(GUEST)));
+        assert_eq!(udp.payload(), &payload[..]);
+        assert_eq!(udp_frames(src, dst, &payload[..1000]).len(), 1);
+        assert!(udp_frames(src, dst, &vec![0; MAX_UDP_DATAGRAM + 1]).is_empty());
+    }
+
+    #[test]
+    fn guest_udp_fragments_go_to_reassembly() {
+        let src = SocketAddrV4::new(GUEST, 5000);
+        let dst = SocketAddrV4::new(Ipv4Addr::new(9, 9, 9, 9), 7);
+        let mut frames = udp_frames(src, dst, &[7; 3000]);
+        for frame in &mut frames {
+            frame[..6].copy_from_slice(&GATEWAY_MAC);
+            frame[6..12].copy_from_slice(&GUEST_MAC);
+        }
+        assert!(frames.iter().all(|f| inspect(f) == Inspected::UdpFragment));
     }
 
     #[test]

@@ -236,6 +236,10 @@ pub fn normalize_domain(domain: &str) -> Result<String, ValidationError> {
     if name.len() > 253 {
         return bad("is over 253 characters");
     }
+    if !name.contains('.') {
+        // `com` or `test` would allow every name under that top-level domain.
+        return bad("is a single label (a top-level domain would allow every name under it): list the domain itself, e.g. example.com");
+    }
     for label in name.split('.') {
         if label.is_empty() {
             return bad("has an empty label");
@@ -297,6 +301,8 @@ mod tests {
             "a b.com",
             "ä.com",
             "http://x.com",
+            "com",
+            "test.",
         ] {
             let err = normalize_domain(bad).unwrap_err();
             assert_eq!(err.field(), "network", "{bad}: {err}");

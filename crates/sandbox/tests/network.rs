@@ -452,6 +452,23 @@ async fn full_network_reaches_the_host_loopback_only_when_opted_in() {
     ];
     let (lines, _) = probe(&s, NetworkPolicy::full(), vec![], &net.ca_pem, &probes).await;
     assert_outcomes(&lines, &[(&probes[0], false), (&probes[1], false)]);
+    // The host's own non-loopback address is the host too: a service bound to 0.0.0.0
+    // must not be reachable there.
+    if let Some(own) = host_address() {
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("listener");
+        let port = listener.local_addr().expect("addr").port();
+        let probes = [format!("connect {own}:{port}")];
+        let (lines, report) = probe(&s, NetworkPolicy::full(), vec![], &net.ca_pem, &probes).await;
+        assert_outcomes(&lines, &[(&probes[0], false)]);
+        let refusal = report.connections.iter().find(|c| c.port == port);
+        assert!(
+            refusal.is_some_and(|c| c
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("this host's own address"))),
+            "{report:?}"
+        );
+    }
     let opted = NetworkPolicy::full().allow_range("127.0.0.0/8");
     let (lines, report) = probe(&s, opted, vec![], &net.ca_pem, &probes).await;
     assert_outcomes(&lines, &[(&probes[0], true), (&probes[1], true)]);
@@ -465,6 +482,17 @@ async fn full_network_reaches_the_host_loopback_only_when_opted_in() {
         "{report:?}"
     );
     s.shutdown().await;
+}
+
+/// One of this host's non-loopback IPv4 addresses, if it has one (the source address of a
+/// route to a documentation address; nothing is sent).
+fn host_address() -> Option<std::net::Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    match socket.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(ip),
+        _ => None,
+    }
 }
 
 /// The network processes that are children of this test process.
@@ -583,4 +611,48 @@ async fn the_network_process_dying_mid_call_is_a_typed_error_and_leaves_nothing(
         .filter(|c| String::from_utf8_lossy(c).contains(&needle))
         .count();
     assert_eq!(qemus, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_forward_carries_datagrams_larger_than_the_mtu_both_ways() {
+    let dir = runtime_dir();
+    let s = scheduler(dir.path(), None).await;
+    let session = s
+        .session(SessionOptions::new(Language::Python).expose(PortMapping {
+            internal: 5353,
+            external: None,
+            protocol: sandbox::PortProtocol::Udp,
+        }))
+        .await
+        .expect("session");
+    let port = session.exposed_ports()[0].clone();
+    assert_eq!(port.url, None);
+    let echo = "import socket, threading\n\
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        u.bind(('0.0.0.0', 5353))\n\
+        def serve():\n    while True:\n        d, a = u.recvfrom(65535)\n        u.sendto(d, a)\n\
+        threading.Thread(target=serve, daemon=True).start()";
+    ok(&session.exec(echo, T, vec![]).await.expect("echo server"));
+    let external = port.external;
+    let answers = tokio::task::spawn_blocking(move || {
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        for size in [100usize, 1472, 1473, 9000, 30000] {
+            let message: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            client
+                .send_to(&message, ("127.0.0.1", external))
+                .expect("send");
+            let mut buf = vec![0u8; 65536];
+            let n = client.recv(&mut buf).expect("an answer");
+            got.push(buf[..n] == message[..]);
+        }
+        got
+    })
+    .await
+    .expect("join");
+    assert_eq!(answers, vec![true; 5]);
+    s.shutdown().await;
 }
