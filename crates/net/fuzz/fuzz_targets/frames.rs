@@ -73,10 +73,19 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(frames, whole_frames, "frames depend on the split");
     assert_eq!(error, whole_error, "error depends on the split");
 
+    // Fragments go to one reassembler, as in the process: whatever they claim, a datagram
+    // that comes out is at most an IPv4 packet's worth.
+    let mut reassembler = net::reassembly::Reassembler::default();
+    let now = std::time::Instant::now();
     for frame in &frames {
         assert!(!frame.is_empty() && frame.len() <= MAX_FRAME);
         match inspect(frame) {
             Inspected::Udp { payload, .. } => assert!(payload.len() <= frame.len()),
+            Inspected::UdpFragment => {
+                if let Some(d) = reassembler.push(frame, now) {
+                    assert!(d.payload.len() <= 65535 - 20 - 8);
+                }
+            }
             Inspected::Stack | Inspected::TcpSyn { .. } | Inspected::Drop => {}
         }
     }
