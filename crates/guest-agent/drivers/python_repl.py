@@ -276,8 +276,10 @@ def __getattr__(name):
     )
     sys.stderr.flush()
     try:
-        # The parent would otherwise wait for results that never come.
-        os.kill(os.getppid(), signal.SIGINT)
+        # The code waiting for this worker would otherwise wait for results that never
+        # come. It runs in the REPL, which leads the process group every worker is in
+        # (a forkserver worker's parent is the fork server, which ignores SIGINT).
+        os.kill(os.getpgid(0), signal.SIGINT)
     except OSError:
         pass
     raise AttributeError(f"{name!r} is defined only in the session's namespace")

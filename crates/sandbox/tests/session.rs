@@ -123,6 +123,22 @@ async fn python_keeps_state_like_a_notebook() {
         text(&spawned.stderr)
     );
     assert_eq!(spawned.repl.map(|r| r.lost), Some(false));
+    // The same with a fork server, whose workers' parent is not the REPL.
+    let served = exec(
+        &s,
+        "with mp.get_context('forkserver').Pool(1) as p:\n    print(p.map(sq, [1]))",
+    )
+    .await;
+    assert!(
+        !served.timed_out && served.exit_code != 0,
+        "{}",
+        text(&served.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "{:?}",
+        started.elapsed()
+    );
 
     // sys.exit ends the call, not the session.
     let exit = exec(&s, "import sys; sys.exit(3)").await;
@@ -137,7 +153,7 @@ async fn python_keeps_state_like_a_notebook() {
     let after = exec(&s, "print('x' in globals())").await;
     assert_eq!(text(&after.stdout), "False\n");
     assert_eq!(after.repl.map(|r| r.fresh), Some(true));
-    assert_eq!(s.exec_count(), 12);
+    assert_eq!(s.exec_count(), 13);
 
     s.close().await;
     assert!(matches!(
