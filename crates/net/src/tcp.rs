@@ -96,10 +96,6 @@ impl Engine {
                 _ => self.finish(id, Some("guest reused the port".into())),
             }
         }
-        if *dst.ip() == GATEWAY {
-            // Nothing listens on the gateway itself over TCP: the interface answers RST.
-            return;
-        }
         let mut event = ConnEvent {
             protocol: Protocol::Tcp,
             dst: *dst.ip(),
@@ -111,6 +107,12 @@ impl Engine {
             bytes_in: 0,
             open: false,
         };
+        if *dst.ip() == GATEWAY {
+            // Nothing listens on the gateway itself over TCP: the interface answers RST.
+            event.reason = Some("the gateway 10.0.2.2 answers only DNS, over UDP".into());
+            self.recorder.conn(event);
+            return;
+        }
         let policy = &self.settings.policy;
         let verdict = match policy.mode {
             Mode::PortsOnly => Err("no network (ports only)".to_string()),

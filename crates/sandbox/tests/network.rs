@@ -345,7 +345,14 @@ async fn ports_only_lets_the_guest_neither_resolve_nor_connect() {
     );
     assert!(report.dns.iter().all(|d| !d.allowed), "{report:?}");
     assert!(report.connections.iter().all(|c| !c.allowed), "{report:?}");
-    assert!(report.connections.len() >= 3, "{report:?}");
+    assert!(report.connections.len() >= 4, "{report:?}");
+    assert!(
+        report
+            .connections
+            .iter()
+            .any(|c| c.dst.octets() == [10, 0, 2, 2] && c.port == 53 && !c.allowed),
+        "{report:?}"
+    );
     s.shutdown().await;
 }
 
