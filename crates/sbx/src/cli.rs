@@ -42,7 +42,12 @@ pub struct RunArgs {
     #[arg(short, long, value_parser = parse_language)]
     pub language: Option<sandbox::Language>,
     /// Code to run; repeat to add lines.
-    #[arg(short = 'c', long = "code", value_name = "CODE")]
+    #[arg(
+        short = 'c',
+        long = "code",
+        value_name = "CODE",
+        allow_hyphen_values = true
+    )]
     pub code: Vec<String>,
     /// A file to run, `-` for standard input, or the code itself.
     /// (Code that starts with `-` goes after `--` or in `-c`, so that a mistyped flag is

@@ -55,10 +55,7 @@ async fn dispatch(cli: Cli) -> i32 {
             // Reject bad input before touching QEMU, images or the registry.
             let request = match run::build_request(&args) {
                 Ok(r) => r,
-                Err(run::InputError::Usage(msg)) => {
-                    eprintln!("sbx: {msg}");
-                    return exit::USAGE;
-                }
+                Err(run::InputError::Usage(msg)) => return run::report_usage(&msg, args.json),
                 Err(run::InputError::Invalid(e)) => {
                     return run::report_error(&sandbox::Error::Invalid(e), args.json)
                 }
@@ -68,10 +65,7 @@ async fn dispatch(cli: Cli) -> i32 {
             }
             let plan = match transfer::plan(&args.upload, &args.download) {
                 Ok(p) => p,
-                Err(run::InputError::Usage(msg)) => {
-                    eprintln!("sbx: {msg}");
-                    return exit::USAGE;
-                }
+                Err(run::InputError::Usage(msg)) => return run::report_usage(&msg, args.json),
                 Err(run::InputError::Invalid(e)) => {
                     return run::report_error(&sandbox::Error::Invalid(e), args.json)
                 }

@@ -268,10 +268,7 @@ pub async fn run(
     }
 
     let sink = OutputSink::new(args.json);
-    let mut observer = Observer {
-        sink: sink.clone(),
-        quiet: args.quiet,
-    };
+    let mut observer = Observer { sink: sink.clone() };
     let outcome = tokio::select! {
         outcome = scheduler.run_observed(request, &mut observer) => outcome,
         _ = interrupts.first() => {
@@ -297,10 +294,10 @@ pub async fn run(
 }
 
 /// Streams output and says where forwarded ports are as soon as they listen (on stderr,
-/// also with `--json`: a caller needs the address while the code runs, not after).
+/// also with `--json` and `-q`: a caller needs the address while the code runs, and it is
+/// the run's output rather than a status message).
 struct Observer {
     sink: OutputSink,
-    quiet: bool,
 }
 
 impl sandbox::RunObserver for Observer {
@@ -309,14 +306,11 @@ impl sandbox::RunObserver for Observer {
     }
 
     fn ports_ready(&mut self, ports: &[sandbox::ExposedPort]) {
-        announce_ports(ports, self.quiet);
+        announce_ports(ports);
     }
 }
 
-pub fn announce_ports(ports: &[sandbox::ExposedPort], quiet: bool) {
-    if quiet {
-        return;
-    }
+pub fn announce_ports(ports: &[sandbox::ExposedPort]) {
     for port in ports {
         eprintln!("sbx: {}", netargs::describe(port));
     }
@@ -359,7 +353,7 @@ async fn run_with_files(
             .network(request.network.clone());
         options.expose_ports = request.expose_ports.clone();
         let session = scheduler.session(options).await?;
-        announce_ports(session.exposed_ports(), args.quiet);
+        announce_ports(session.exposed_ports());
         for up in &plan.uploads {
             let record = transfer::upload(&session, up).await;
             let failed = record.error.is_some();
@@ -470,6 +464,24 @@ pub fn interrupted(json: bool, quiet: bool) -> i32 {
         }
         exit::INTERRUPTED
     }
+}
+
+/// Reports a command-line problem found before any request exists: a line on stderr, and
+/// with `--json` also an error object on stdout (kind `usage`), so a caller parsing JSON
+/// always gets JSON.
+pub fn report_usage(message: &str, json: bool) -> i32 {
+    eprintln!("sbx: {message}");
+    if json {
+        let _ = print_json(&serde_json::json!({
+            "error": {
+                "kind": "usage",
+                "message": message,
+                "retry_safe": false,
+                "code_may_have_run": false,
+            }
+        }));
+    }
+    exit::USAGE
 }
 
 pub fn report_error(err: &sandbox::Error, json: bool) -> i32 {

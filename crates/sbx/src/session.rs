@@ -126,7 +126,7 @@ pub async fn session(
         // Dropping the boot kills the VM it was starting.
         _ = signals.next() => return interrupted(quiet),
     };
-    run::announce_ports(session.exposed_ports(), quiet);
+    run::announce_ports(session.exposed_ports());
     let calls = Calls {
         session,
         timeout: prepared.timeout,

@@ -152,3 +152,27 @@ fn environment_over_the_total_is_rejected() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     rejected(&args, "total");
 }
+
+#[test]
+fn usage_errors_are_json_with_json() {
+    let sbx = Sbx::new();
+    for args in [
+        vec!["run", "--json", "missing-file.py"],
+        vec![
+            "run",
+            "--json",
+            "--upload",
+            "/nonexistent/x",
+            "-c",
+            "print(1)",
+        ],
+        vec!["run", "--json", "--expose", "http", "-c", "print(1)"],
+    ] {
+        let out = sbx.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {:?}", out.stdout));
+        assert_eq!(v["error"]["kind"], "usage", "{args:?}: {v}");
+        assert_eq!(v["error"]["code_may_have_run"], false);
+    }
+}

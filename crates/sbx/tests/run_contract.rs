@@ -401,3 +401,17 @@ fn localhost_and_the_guest_name_resolve() {
         stderr(&out)
     );
 }
+
+#[test]
+fn code_in_c_may_start_with_a_dash() {
+    let sbx = Sbx::new();
+    let out = sbx.run(&["run", "-l", "raw", "-c", "-n", "-c", "echo dash"]);
+    // `-c -n` is code (a command named -n, which fails), not an unknown flag.
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dash"));
+}
