@@ -33,6 +33,8 @@ pub mod process;
 #[cfg(feature = "stack")]
 mod tcp;
 #[cfg(feature = "stack")]
+pub use tcp::GUEST_NOT_LISTENING;
+#[cfg(feature = "stack")]
 mod udp;
 #[cfg(feature = "stack")]
 pub mod wire;

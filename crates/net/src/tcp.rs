@@ -17,6 +17,12 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::time::Instant;
 
+/// Why a forwarded connection found nothing at the guest port. The usual cause besides a
+/// server that has not started yet is one bound to the guest's own loopback, which is
+/// reachable only from inside the guest.
+pub const GUEST_NOT_LISTENING: &str =
+    "guest port not listening (not yet, or only on 127.0.0.1 inside the guest: bind 0.0.0.0)";
+
 /// Most guest-initiated TCP connections open at once.
 pub const MAX_OUTBOUND: usize = 256;
 /// Most host connections through forwards open at once.
@@ -389,7 +395,7 @@ impl Engine {
                 }
                 // An RST from the guest (nothing listening) or the connect timed out. Dropping
                 // the host stream closes it at once: the host client fails fast.
-                _ => Some(Some("guest port not listening".into())),
+                _ => Some(Some(GUEST_NOT_LISTENING.into())),
             },
             Stage::Splice { .. } => {
                 if state == State::Listen {
@@ -502,7 +508,7 @@ impl Engine {
             let reason = if sniffing {
                 format!("no ClientHello within {} s", CLIENT_HELLO_TIMEOUT.as_secs())
             } else {
-                "guest port not listening".to_string()
+                GUEST_NOT_LISTENING.to_string()
             };
             self.finish(id, Some(reason));
         }

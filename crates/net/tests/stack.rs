@@ -495,10 +495,7 @@ fn gateway_arp_and_ports_only() {
         .filter(|e| e.reason.is_some())
         .collect();
     assert_eq!(failed.len(), 1, "{:?}", report.inbound);
-    assert_eq!(
-        failed[0].reason.as_deref(),
-        Some("guest port not listening")
-    );
+    assert_eq!(failed[0].reason.as_deref(), Some(net::GUEST_NOT_LISTENING));
     let good: Vec<_> = report
         .inbound
         .iter()
