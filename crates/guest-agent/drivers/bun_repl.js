@@ -30,7 +30,7 @@
   let current = null;
   const unhandled = (what) => (err) => {
     try {
-      process.stderr.write(`${what}: ${describe(err)}\n`);
+      process.stderr.write(`${what}: ${withoutDriverFrames(describe(err))}\n`);
     } catch {}
     if (current) current.failed = true;
   };
@@ -45,13 +45,16 @@
     }
   }
 
-  function reportError(err) {
-    let text = err instanceof Error ? describe(err) : `Uncaught ${describe(err)}`;
-    // The stack runs on into the driver; those frames are noise to the code's author.
-    text = text
+  // The stack runs on into the driver; those frames are noise to the code's author.
+  function withoutDriverFrames(text) {
+    return text
       .split("\n")
       .filter((line) => !line.includes(__filename))
       .join("\n");
+  }
+
+  function reportError(err) {
+    const text = withoutDriverFrames(err instanceof Error ? describe(err) : `Uncaught ${describe(err)}`);
     process.stderr.write(text.endsWith("\n") ? text : `${text}\n`);
   }
 
