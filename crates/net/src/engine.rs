@@ -4,7 +4,7 @@
 //!
 //! TCP flows live in [`crate::tcp`], UDP and DNS in [`crate::udp`]; both extend [`Engine`].
 
-use crate::contract::{BoundForward, Report};
+use crate::contract::{BoundForward, ConnEvent, Protocol, Report};
 use crate::device::QueueDevice;
 use crate::dns::DnsMap;
 use crate::events::Recorder;
@@ -193,6 +193,26 @@ impl Engine {
                 _ = housekeeping.tick() => self.housekeeping(),
                 _ = tokio::time::sleep(delay) => {}
             }
+        }
+    }
+
+    /// The event for a guest connection or flow to `dst`, refused until decided otherwise,
+    /// named after what DNS told the guest about `dst`.
+    pub(crate) fn new_conn_event(
+        &self,
+        protocol: Protocol,
+        dst: std::net::SocketAddrV4,
+    ) -> ConnEvent {
+        ConnEvent {
+            protocol,
+            dst: *dst.ip(),
+            port: dst.port(),
+            name: self.dns_map.name_for(*dst.ip()).map(str::to_string),
+            allowed: false,
+            reason: None,
+            bytes_out: 0,
+            bytes_in: 0,
+            open: false,
         }
     }
 

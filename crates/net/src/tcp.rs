@@ -102,17 +102,7 @@ impl Engine {
                 _ => self.finish(id, Some("guest reused the port".into())),
             }
         }
-        let mut event = ConnEvent {
-            protocol: Protocol::Tcp,
-            dst: *dst.ip(),
-            port: dst.port(),
-            name: self.dns_map.name_for(*dst.ip()).map(str::to_string),
-            allowed: false,
-            reason: None,
-            bytes_out: 0,
-            bytes_in: 0,
-            open: false,
-        };
+        let mut event = self.new_conn_event(Protocol::Tcp, dst);
         if *dst.ip() == GATEWAY {
             // Nothing listens on the gateway itself over TCP: the interface answers RST.
             event.reason = Some("the gateway 10.0.2.2 answers only DNS, over UDP".into());

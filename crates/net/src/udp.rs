@@ -55,17 +55,7 @@ impl Engine {
             }
             return;
         }
-        let mut event = ConnEvent {
-            protocol: Protocol::Udp,
-            dst: *dst.ip(),
-            port: dst.port(),
-            name: self.dns_map.name_for(*dst.ip()).map(str::to_string),
-            allowed: false,
-            reason: None,
-            bytes_out: 0,
-            bytes_in: 0,
-            open: false,
-        };
+        let mut event = self.new_conn_event(Protocol::Udp, dst);
         let verdict = match self.settings.policy.mode {
             Mode::PortsOnly => Err("no network (ports only)".to_string()),
             Mode::Allowlist => Err("UDP other than DNS is not allowed (allowlist)".to_string()),
