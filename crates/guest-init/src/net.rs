@@ -31,6 +31,14 @@ pub fn nic_up(resolv_conf: &Path) -> Result<(), InitError> {
     // Before the link is up, so the kernel never starts IPv6 autoconfiguration on it.
     let v6 = format!("/proc/sys/net/ipv6/conf/{NIC}/disable_ipv6");
     std::fs::write(&v6, "1").map_err(InitError::io(format!("write {v6}")))?;
+    // Forwarded connections arrive addressed to 127.0.0.1 (see the `net` crate), so a
+    // server bound to the guest's loopback — the default of many dev servers — is reachable
+    // as well as one bound to 0.0.0.0. Only the network process sends to eth0, and only
+    // for the ports the caller exposed.
+    for conf in ["all", NIC] {
+        let path = format!("/proc/sys/net/ipv4/conf/{conf}/route_localnet");
+        std::fs::write(&path, "1").map_err(InitError::io(format!("write {path}")))?;
+    }
     let sock = Socket::new()?;
     sock.set_addr(NIC, libc::SIOCSIFADDR, guest_net::GUEST_IP)?;
     sock.set_addr(NIC, libc::SIOCSIFNETMASK, netmask(guest_net::PREFIX_LEN))?;

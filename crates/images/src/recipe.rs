@@ -157,6 +157,7 @@ pub fn inputs(kind: Kind, guest_hashes: &GuestHashes) -> Vec<(String, String)> {
                 "resolv_conf".into(),
                 protocol::guest_net::RESOLV_CONF.into(),
             ));
+            v.push(("etc_hosts".into(), crate::rootfs::hosts_file()));
             match lang {
                 Language::Python => v.push(("uv".into(), UV_VERSION.into())),
                 Language::Javascript => {

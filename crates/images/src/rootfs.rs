@@ -316,17 +316,23 @@ fn download_error(package: &str, version: &str, how: &str, e: ImageError) -> Ima
     }
 }
 
+/// The image's `/etc/hosts` (an image key input: see `recipe::inputs`).
+pub(crate) fn hosts_file() -> String {
+    let name = protocol::GUEST_HOSTNAME;
+    format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tip6-localhost ip6-loopback\n")
+}
+
 /// Writes `/etc/hostname` and `/etc/hosts`. Without a hosts file `localhost` does not
 /// resolve at all (there is no DNS in the guest), and mmdebstrap copies the build host's
 /// name into `/etc/hostname`, which must not leak into the image.
+///
+/// `localhost` is 127.0.0.1 only: the guest network is IPv4, and forwarded ports arrive at
+/// 127.0.0.1, so a dev server listening on `localhost` must not pick `::1`.
 pub(crate) fn name_the_host(root: &Path) -> Result<(), ImageError> {
     let name = protocol::GUEST_HOSTNAME;
     for (rel, text) in [
         ("etc/hostname", format!("{name}\n")),
-        (
-            "etc/hosts",
-            format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-        ),
+        ("etc/hosts", hosts_file()),
     ] {
         let path = root.join(rel);
         fs::write(&path, text).map_err(ImageError::io("write", &path))?;

@@ -126,6 +126,15 @@ impl Engine {
         // address is what smoltcp requires for that.
         iface.set_any_ip(true);
         let _ = iface.routes_mut().add_default_ipv4_route(GATEWAY);
+        // Forwarded connections go to the guest's loopback address, through the guest.
+        let _ = iface.routes_mut().update(|routes| {
+            let _ = routes.push(smoltcp::iface::Route {
+                cidr: smoltcp::wire::IpCidr::new(IpAddress::Ipv4(crate::wire::GUEST_LOOPBACK), 32),
+                via_router: IpAddress::Ipv4(crate::wire::GUEST),
+                preferred_until: None,
+                expires_at: None,
+            });
+        });
         Engine {
             iface,
             sockets: SocketSet::new(Vec::new()),

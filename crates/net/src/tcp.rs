@@ -7,7 +7,7 @@ use crate::engine::Engine;
 use crate::host::{self, PipeEnds, CHUNK};
 use crate::policy::HTTPS_PORT;
 use crate::tls::{parse_sni, Sni, MAX_CLIENT_HELLO};
-use crate::wire::{GATEWAY, GUEST};
+use crate::wire::{GATEWAY, GUEST, GUEST_LOOPBACK};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
 use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
@@ -17,11 +17,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::time::Instant;
 
-/// Why a forwarded connection found nothing at the guest port. The usual cause besides a
-/// server that has not started yet is one bound to the guest's own loopback, which is
-/// reachable only from inside the guest.
-pub const GUEST_NOT_LISTENING: &str =
-    "guest port not listening (not yet, or only on 127.0.0.1 inside the guest: bind 0.0.0.0)";
+/// Why a forwarded connection found nothing at the guest port: no server yet, or one bound
+/// only to the guest's eth0 address (forwards arrive at 127.0.0.1, where servers bound to
+/// 127.0.0.1, 0.0.0.0 or `::` all listen).
+pub const GUEST_NOT_LISTENING: &str = "guest port not listening (on 127.0.0.1, 0.0.0.0 or ::)";
 
 /// Most guest-initiated TCP connections open at once.
 pub const MAX_OUTBOUND: usize = 256;
@@ -261,7 +260,9 @@ impl Engine {
         socket.set_timeout(Some(smoltcp::time::Duration::from_millis(
             self.settings.connect_timeout.as_millis() as u64,
         )));
-        let remote = IpEndpoint::new(IpAddress::Ipv4(GUEST), bound.internal);
+        // The guest's loopback address, which the guest accepts from eth0 (its init sets
+        // route_localnet): servers bound to 127.0.0.1, 0.0.0.0 and `::` all listen there.
+        let remote = IpEndpoint::new(IpAddress::Ipv4(GUEST_LOOPBACK), bound.internal);
         let local = IpEndpoint::new(IpAddress::Ipv4(GATEWAY), local_port);
         if let Err(error) = socket.connect(self.iface.context(), remote, local) {
             self.ports.release(local_port);

@@ -13,6 +13,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 pub const MAX_UDP_PAYLOAD: usize = protocol::guest_net::MTU - 20 - 8;
 
 pub const GUEST: Ipv4Addr = Ipv4Addr::new(GUEST_IP[0], GUEST_IP[1], GUEST_IP[2], GUEST_IP[3]);
+/// Where forwarded connections are sent in the guest: its own loopback address.
+pub const GUEST_LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 pub const GATEWAY: Ipv4Addr =
     Ipv4Addr::new(GATEWAY_IP[0], GATEWAY_IP[1], GATEWAY_IP[2], GATEWAY_IP[3]);
 
@@ -76,8 +78,18 @@ fn inspect_ipv4(payload: &[u8]) -> Inspected<'_> {
     let Ok(ip) = Ipv4Packet::new_checked(payload) else {
         return Inspected::Drop;
     };
-    if !ip.verify_checksum() || ip.src_addr() != GUEST {
+    // The guest answers forwarded connections from its loopback address (see
+    // GUEST_LOOPBACK); nothing else may come from there.
+    let from_loopback = ip.src_addr() == GUEST_LOOPBACK && ip.next_header() == IpProtocol::Tcp;
+    if !ip.verify_checksum() || (ip.src_addr() != GUEST && !from_loopback) {
         return Inspected::Drop;
+    }
+    if from_loopback {
+        return match TcpPacket::new_checked(ip.payload()) {
+            // Never a connection of its own: only replies on forwarded ones.
+            Ok(tcp) if !(tcp.syn() && !tcp.ack()) && ip.dst_addr() == GATEWAY => Inspected::Stack,
+            _ => Inspected::Drop,
+        };
     }
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
     if ip.more_frags() || ip.frag_offset() != 0 {

@@ -166,6 +166,11 @@ impl Guest {
             addrs
                 .push(IpCidr::new(IpAddress::Ipv4(GUEST), 24))
                 .expect("address");
+            // The real guest accepts 127.0.0.1 from eth0 (route_localnet), where forwarded
+            // connections are sent.
+            addrs
+                .push(IpCidr::new(IpAddress::Ipv4(Ipv4Addr::LOCALHOST), 8))
+                .expect("loopback address");
         });
         iface
             .routes_mut()

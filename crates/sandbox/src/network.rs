@@ -87,7 +87,7 @@ pub enum PortProtocol {
 /// A guest port to make reachable from the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct PortMapping {
-    /// The port a server in the guest listens on (bound to `0.0.0.0` or `::`).
+    /// The port a server in the guest listens on (bound to `0.0.0.0`, `::` or `127.0.0.1`).
     pub internal: u16,
     /// The host port (on 127.0.0.1); `None` lets the OS pick a free one.
     pub external: Option<u16>,

@@ -212,11 +212,13 @@ async fn without_flags_the_guest_has_only_loopback() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exposed_port_fails_fast_before_the_server_listens_and_serves_after() {
+async fn an_exposed_port_fails_fast_before_the_server_listens_and_serves_after_on_any_bind() {
     let dir = runtime_dir();
     let s = scheduler(dir.path(), None).await;
     check_late_server(&s, "0.0.0.0").await;
     check_late_server(&s, "::").await;
+    // The guest's loopback too: many dev servers bind there by default.
+    check_late_server(&s, "127.0.0.1").await;
     s.shutdown().await;
 }
 
@@ -661,5 +663,33 @@ async fn a_udp_forward_carries_datagrams_larger_than_the_mtu_both_ways() {
     .await
     .expect("join");
     assert_eq!(answers, vec![true; 5]);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_server_on_localhost_is_reachable() {
+    // Bun (like Vite, Flask and others) listens on `localhost` unless told otherwise.
+    let dir = runtime_dir();
+    let s = scheduler(dir.path(), None).await;
+    let session = s
+        .session(SessionOptions::new(Language::Javascript).expose(PortMapping::tcp(3000)))
+        .await
+        .expect("session");
+    let port = session.exposed_ports()[0].external;
+    let serve = "const server = Bun.serve({ hostname: \"localhost\", port: 3000, fetch() { return new Response(\"from bun\") } });\nconsole.log(server.hostname)";
+    let started = session.exec(serve, T, vec![]).await.expect("serve");
+    assert_eq!(ok(&started).trim(), "localhost");
+    let mut last = Err(String::new());
+    for _ in 0..40 {
+        last = tokio::task::spawn_blocking(move || http_get(port))
+            .await
+            .expect("join");
+        if last.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let response = last.unwrap_or_else(|e| panic!("{e}"));
+    assert!(response.ends_with("from bun"), "{response}");
     s.shutdown().await;
 }
