@@ -7,11 +7,13 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh --deps-only
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# --all-features: the network process (`net`'s `stack` feature) is only a nested static
+# build otherwise, and its own lints and tests would not run.
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 cargo build --workspace --locked
 ./target/debug/sbx images build --quiet
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  cargo nextest run --workspace --all-features --locked --no-fail-fast
 else
-  cargo test --workspace --locked --no-fail-fast
+  cargo test --workspace --all-features --locked --no-fail-fast
 fi

@@ -61,6 +61,21 @@ pub fn host_addresses() -> Vec<Ipv4Addr> {
     }
 }
 
+/// Whether the kernel would deliver traffic for `dst` to this host itself: an address
+/// added after start, or one inside a `local` route (AnyIP), which no list read at start
+/// holds. A route lookup only (connecting a UDP socket sends nothing): for a local
+/// destination the kernel picks the destination itself as the source address. A
+/// destination the kernel will not route (a broadcast address) counts as local too.
+pub fn is_this_host(dst: Ipv4Addr) -> bool {
+    let Ok(probe) = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) else {
+        return false;
+    };
+    if probe.connect((dst, 9)).is_err() {
+        return true;
+    }
+    matches!(probe.local_addr(), Ok(std::net::SocketAddr::V4(local)) if *local.ip() == dst)
+}
+
 /// Why a host address is not reachable unless opted in, or `None` for a public address.
 pub fn restricted_kind(ip: Ipv4Addr) -> Option<&'static str> {
     let [a, b, ..] = ip.octets();
@@ -103,6 +118,21 @@ mod tests {
             untranslate(Ipv4Addr::new(198, 20, 0, 1)),
             Ipv4Addr::new(198, 20, 0, 1)
         );
+    }
+
+    #[test]
+    fn the_kernel_says_which_destinations_are_this_host() {
+        assert!(is_this_host(Ipv4Addr::new(127, 0, 0, 1)));
+        for own in host_addresses() {
+            assert!(is_this_host(own), "{own}");
+        }
+        // A documentation address is nobody's, and routing to it sends nothing.
+        if !host_addresses().contains(&Ipv4Addr::new(192, 0, 2, 77)) {
+            let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+                .and_then(|s| s.connect("192.0.2.77:9"))
+                .is_ok();
+            assert_eq!(is_this_host(Ipv4Addr::new(192, 0, 2, 77)), !routed);
+        }
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub fn filter_answer(policy: &Policy, pending: &PendingQuery, answer: &[u8]) -> 
             &pending.name,
             &qtype,
             false,
-            Some("resolves only to private addresses"),
+            Some("resolves only to addresses the guest may not reach (private, loopback or this host)"),
         )
     } else if upstream.metadata.response_code != ResponseCode::NoError {
         let reason = format!("upstream answered {}", upstream.metadata.response_code);
@@ -418,7 +418,7 @@ mod tests {
         assert!(!filtered.event.allowed);
         assert_eq!(
             filtered.event.reason.as_deref(),
-            Some("resolves only to private addresses")
+            Some("resolves only to addresses the guest may not reach (private, loopback or this host)")
         );
         assert_eq!(code(&filtered.response), ResponseCode::NXDomain);
         // A mismatched answer is a SERVFAIL, never a panic.

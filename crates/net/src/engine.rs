@@ -127,7 +127,7 @@ impl Engine {
         iface.set_any_ip(true);
         let _ = iface.routes_mut().add_default_ipv4_route(GATEWAY);
         // Forwarded connections go to the guest's loopback address, through the guest.
-        let _ = iface.routes_mut().update(|routes| {
+        iface.routes_mut().update(|routes| {
             let _ = routes.push(smoltcp::iface::Route {
                 cidr: smoltcp::wire::IpCidr::new(IpAddress::Ipv4(crate::wire::GUEST_LOOPBACK), 32),
                 via_router: IpAddress::Ipv4(crate::wire::GUEST),

@@ -3,7 +3,7 @@
 //! Built once from the [`Config`]; every decision the process makes about guest traffic asks
 //! this module, so the rules live in one place.
 
-use crate::addr::{host_addresses, restricted_kind, translate_loopback, untranslate};
+use crate::addr::{host_addresses, is_this_host, restricted_kind, translate_loopback, untranslate};
 use crate::contract::{Config, Mode};
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
@@ -28,6 +28,9 @@ pub struct Policy {
     ranges: Vec<Ipv4Net>,
     /// The host's own addresses, refused like loopback unless opted in.
     host: Vec<Ipv4Addr>,
+    /// Also ask the kernel, per destination, whether it is this host (see
+    /// [`crate::addr::is_this_host`]); off for policies built in tests and fuzzing.
+    route_check: bool,
 }
 
 impl Policy {
@@ -57,15 +60,16 @@ impl Policy {
             domains,
             ranges,
             host: Vec::new(),
+            route_check: false,
         })
     }
 
     /// The policy for the process: the config's rules, with this host's own addresses.
     pub fn from_config(config: &Config) -> Result<Policy, PolicyError> {
-        Ok(
-            Policy::new(config.mode, &config.allow_domains, &config.allow_ranges)?
-                .with_host_addresses(host_addresses()),
-        )
+        let mut policy = Policy::new(config.mode, &config.allow_domains, &config.allow_ranges)?
+            .with_host_addresses(host_addresses());
+        policy.route_check = true;
+        Ok(policy)
     }
 
     /// Refuses these addresses as the host's own (besides its loopback, which is refused
@@ -77,7 +81,10 @@ impl Policy {
 
     /// Why `ip` is not reachable unless opted in: its class, or being this host's.
     fn restricted(&self, ip: Ipv4Addr) -> Option<&'static str> {
-        restricted_kind(ip).or_else(|| self.host.contains(&ip).then_some("this host's own address"))
+        restricted_kind(ip).or_else(|| {
+            let own = self.host.contains(&ip) || (self.route_check && is_this_host(ip));
+            own.then_some("this host's own address")
+        })
     }
 
     /// Whether `name` equals, or is a subdomain of, a listed domain.

@@ -7,7 +7,7 @@ use crate::engine::Engine;
 use crate::host::{self, PipeEnds, CHUNK};
 use crate::policy::HTTPS_PORT;
 use crate::tls::{parse_sni, Sni, MAX_CLIENT_HELLO};
-use crate::wire::{GATEWAY, GUEST, GUEST_LOOPBACK};
+use crate::wire::{GATEWAY, GUEST_LOOPBACK};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
 use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};

@@ -87,7 +87,7 @@ fn inspect_ipv4(payload: &[u8]) -> Inspected<'_> {
     if from_loopback {
         return match TcpPacket::new_checked(ip.payload()) {
             // Never a connection of its own: only replies on forwarded ones.
-            Ok(tcp) if !(tcp.syn() && !tcp.ack()) && ip.dst_addr() == GATEWAY => Inspected::Stack,
+            Ok(tcp) if (tcp.ack() || !tcp.syn()) && ip.dst_addr() == GATEWAY => Inspected::Stack,
             _ => Inspected::Drop,
         };
     }
