@@ -174,6 +174,18 @@ impl Engine {
             Some(port) => *port,
             None => {
                 if self.inbound_udp.len() >= MAX_UDP_FLOWS {
+                    self.recorder.inbound(InboundEvent {
+                        protocol: Protocol::Udp,
+                        internal: bound.internal,
+                        external: bound.external,
+                        peer,
+                        bytes_in: 0,
+                        bytes_out: 0,
+                        reason: Some(format!(
+                            "too many UDP peers at once (at most {MAX_UDP_FLOWS}); dropped"
+                        )),
+                        open: false,
+                    });
                     return;
                 }
                 let Some(port) = self.ports.take() else {
