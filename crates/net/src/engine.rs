@@ -4,7 +4,7 @@
 //!
 //! TCP flows live in [`crate::tcp`], UDP and DNS in [`crate::udp`]; both extend [`Engine`].
 
-use crate::contract::{BoundForward, ConnEvent, Protocol, Report};
+use crate::contract::{BoundForward, ConnEvent, InboundEvent, Protocol, Report};
 use crate::device::QueueDevice;
 use crate::dns::DnsMap;
 use crate::events::Recorder;
@@ -221,6 +221,24 @@ impl Engine {
             reason: None,
             bytes_out: 0,
             bytes_in: 0,
+            open: false,
+        }
+    }
+
+    /// The event for a host client `peer` on forward `bound`, still to be decided.
+    pub(crate) fn new_inbound_event(
+        bound: BoundForward,
+        protocol: Protocol,
+        peer: std::net::SocketAddr,
+    ) -> InboundEvent {
+        InboundEvent {
+            protocol,
+            internal: bound.internal,
+            external: bound.external,
+            peer,
+            bytes_in: 0,
+            bytes_out: 0,
+            reason: None,
             open: false,
         }
     }

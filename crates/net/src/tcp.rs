@@ -231,16 +231,7 @@ impl Engine {
         let Some(bound) = self.settings.forwards.get(forward).copied() else {
             return;
         };
-        let mut event = InboundEvent {
-            protocol: Protocol::Tcp,
-            internal: bound.internal,
-            external: bound.external,
-            peer,
-            bytes_in: 0,
-            bytes_out: 0,
-            reason: None,
-            open: false,
-        };
+        let mut event = Engine::new_inbound_event(bound, Protocol::Tcp, peer);
         let inbound = self.conns.len() - self.outbound_count();
         let local_port = match self.ports.take() {
             Some(port) if inbound < MAX_INBOUND => port,

@@ -174,32 +174,19 @@ impl Engine {
             Some(port) => *port,
             None => {
                 if self.inbound_udp.len() >= MAX_UDP_FLOWS {
-                    self.recorder.inbound(InboundEvent {
-                        protocol: Protocol::Udp,
-                        internal: bound.internal,
-                        external: bound.external,
-                        peer,
-                        bytes_in: 0,
-                        bytes_out: 0,
-                        reason: Some(format!(
-                            "too many UDP peers at once (at most {MAX_UDP_FLOWS}); dropped"
-                        )),
-                        open: false,
-                    });
+                    let mut event = Engine::new_inbound_event(bound, Protocol::Udp, peer);
+                    event.reason = Some(format!(
+                        "too many UDP peers at once (at most {MAX_UDP_FLOWS}); dropped"
+                    ));
+                    self.recorder.inbound(event);
                     return;
                 }
                 let Some(port) = self.ports.take() else {
                     return;
                 };
                 let event = InboundEvent {
-                    protocol: Protocol::Udp,
-                    internal: bound.internal,
-                    external: bound.external,
-                    peer,
-                    bytes_in: 0,
-                    bytes_out: 0,
-                    reason: None,
                     open: true,
+                    ..Engine::new_inbound_event(bound, Protocol::Udp, peer)
                 };
                 self.inbound_udp_peers.insert((forward, peer), port);
                 self.inbound_udp.insert(

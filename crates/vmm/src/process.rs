@@ -48,20 +48,7 @@ pub fn spawn_owned(
     // async-signal-safe functions (prctl, getppid, setrlimit, fcntl) without allocating.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl; then no signal will come.
-            if libc::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
+            die_with_parent(parent)?;
             // A crashing QEMU must not write the guest's memory (the user's data) to a
             // core file on the host.
             let no_core = libc::rlimit {
@@ -100,24 +87,32 @@ pub fn spawn_helper(
         .kill_on_drop(true);
     // SAFETY: as in `spawn_owned`: only async-signal-safe calls, no allocation.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || die_with_parent(parent));
     }
     cmd.spawn()
+}
+
+/// In a forked child before exec: be SIGKILLed when `parent` (this process) dies. Only
+/// async-signal-safe calls, no allocation.
+fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: plain syscalls on integers.
+    unsafe {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // The parent may have died between fork and prctl; then no signal will come.
+        if libc::getppid() != parent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
 }
 
 /// SIGKILLs process group `pgid`. A group that is already gone is not an error.
